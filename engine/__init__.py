@@ -1,0 +1,1 @@
+"""hisbridge engine: configuration, channels, pipeline, message store, admin API and CLI."""

@@ -1,0 +1,247 @@
+"""The message store: every message as received, its mapped form, and its history.
+
+Two layers per message, as integrators expect from an interface engine: the *source layer*
+(``body``, exactly the bytes received) and the *standard layer* (``mapped``, the channel
+mapping's output). ``events`` is the append-only history of status changes per destination,
+which the admin API shows and searches.
+
+All writes here are plain functions on a connection, so callers compose them with queue
+changes in one transaction (see ``queues.sqlite.SqliteQueue.transaction``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from engine.database import Database, apply_schema
+from engine.message import Message
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id             TEXT PRIMARY KEY,
+    channel        TEXT NOT NULL,
+    content_type   TEXT NOT NULL,
+    dedup_key      TEXT,
+    correlation_id TEXT,
+    message_type   TEXT,
+    control_id     TEXT,
+    received_at    REAL NOT NULL,
+    status         TEXT NOT NULL,
+    headers        BLOB,
+    body           BLOB NOT NULL,
+    mapped         BLOB,
+    mapped_type    TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (channel, dedup_key);
+CREATE INDEX IF NOT EXISTS messages_control ON messages (control_id);
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY,
+    message_id  TEXT NOT NULL,
+    at          REAL NOT NULL,
+    status      TEXT NOT NULL,
+    destination TEXT,
+    attempt     INTEGER NOT NULL DEFAULT 0,
+    detail      TEXT
+);
+CREATE INDEX IF NOT EXISTS events_message ON events (message_id);
+"""
+
+# Status words, shared by the store, the admin API, metrics and logs.
+RECEIVED = "received"
+FILTERED = "filtered"
+MAPPED = "mapped"
+QUEUED = "queued"
+SENT = "sent"
+RETRYING = "retrying"
+DEAD_LETTERED = "dead_lettered"
+REPLAYED = "replayed"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: str
+    channel: str
+    content_type: str
+    dedup_key: str | None
+    correlation_id: str | None
+    message_type: str | None
+    control_id: str | None
+    received_at: float
+    status: str
+    headers: Mapping[str, str]
+    body: bytes
+    mapped: bytes | None
+    mapped_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    at: float
+    status: str
+    destination: str | None
+    attempt: int
+    detail: str | None
+
+
+class MessageStore:
+    """Writes (as connection functions) and reads (async) of messages and their events."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def start(self) -> None:
+        await self.db.write(lambda conn: apply_schema(conn, SCHEMA))
+
+    # -- writes: call inside a write transaction ---------------------------------------------
+
+    @staticmethod
+    def insert(
+        conn: sqlite3.Connection,
+        message: Message,
+        *,
+        message_type: str | None = None,
+        control_id: str | None = None,
+    ) -> str | None:
+        """Store a received message; return the id of an earlier one with the same dedup key.
+
+        Returns None when the message is new. A duplicate is not stored again: the caller
+        acknowledges it and does nothing more.
+        """
+        if message.dedup_key is not None:
+            row = conn.execute(
+                "SELECT id FROM messages WHERE channel = ? AND dedup_key = ?",
+                (message.channel, message.dedup_key),
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+        conn.execute(
+            "INSERT INTO messages (id, channel, content_type, dedup_key, correlation_id,"
+            " message_type, control_id, received_at, status, headers, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.id, message.channel, message.content_type, message.dedup_key,
+                message.correlation_id, message_type, control_id, message.received_at,
+                RECEIVED, orjson.dumps(dict(message.headers)) if message.headers else None,
+                message.body,
+            ),
+        )
+        conn.execute(
+            "INSERT INTO events (message_id, at, status) VALUES (?, ?, ?)",
+            (message.id, message.received_at, RECEIVED),
+        )
+        return None
+
+    @staticmethod
+    def record(
+        conn: sqlite3.Connection,
+        message_id: str,
+        status: str,
+        *,
+        destination: str | None = None,
+        attempt: int = 0,
+        detail: str | None = None,
+        at: float | None = None,
+    ) -> None:
+        """Append a status change and make it the message's current status."""
+        conn.execute(
+            "INSERT INTO events (message_id, at, status, destination, attempt, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (message_id, at or time.time(), status, destination, attempt, detail),
+        )
+        conn.execute("UPDATE messages SET status = ? WHERE id = ?", (status, message_id))
+
+    @staticmethod
+    def set_mapped(
+        conn: sqlite3.Connection, message_id: str, body: bytes, content_type: str
+    ) -> None:
+        conn.execute(
+            "UPDATE messages SET mapped = ?, mapped_type = ? WHERE id = ?",
+            (body, content_type, message_id),
+        )
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get(self, message_id: str) -> StoredMessage | None:
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)  # noqa: S608
+            ).fetchone()
+        )
+        return _stored(row) if row else None
+
+    async def events(self, message_id: str) -> list[Event]:
+        rows = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT at, status, destination, attempt, detail FROM events"
+                " WHERE message_id = ? ORDER BY id",
+                (message_id,),
+            ).fetchall()
+        )
+        return [Event(*r) for r in rows]
+
+    async def search(
+        self,
+        *,
+        channel: str | None = None,
+        status: str | None = None,
+        control_id: str | None = None,
+        message_type: str | None = None,
+        text: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before_id: str | None = None,
+        limit: int = 50,
+    ) -> list[StoredMessage]:
+        """Newest first; ``before_id`` pages backwards through older messages."""
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (
+            ("channel", channel), ("status", status), ("control_id", control_id),
+            ("message_type", message_type),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("received_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("received_at < ?")
+            args.append(until)
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        if text:
+            where.append("instr(body, ?) > 0")
+            args.append(text.encode())
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608 - columns are constants
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(max(1, min(limit, 1000)))
+        rows = await self.db.read(lambda conn: conn.execute(sql, args).fetchall())
+        return [_stored(r) for r in rows]
+
+    async def count_by_status(self) -> dict[str, int]:
+        rows = await self.db.read(
+            lambda conn: conn.execute("SELECT status, COUNT(*) FROM messages GROUP BY status")
+            .fetchall()
+        )
+        return {str(s): int(n) for s, n in rows}
+
+
+_MESSAGE_COLUMNS = (
+    "id, channel, content_type, dedup_key, correlation_id, message_type, control_id,"
+    " received_at, status, headers, body, mapped, mapped_type"
+)
+
+
+def _stored(row: Any) -> StoredMessage:
+    headers = orjson.loads(row[9]) if row[9] else {}
+    return StoredMessage(*row[:9], headers, *row[10:])  # type: ignore[arg-type]
