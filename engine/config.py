@@ -16,14 +16,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
-
 from adapters.fhir import FhirDestinationConfig
 from adapters.http import HttpDestinationConfig, HttpSourceConfig
 from adapters.mllp import MllpDestinationConfig, MllpSourceConfig
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
+
 from engine.errors import ConfigError
 from engine.retry import RetryPolicy
-from engine.settings import HostPort, Model, Secret
+from engine.settings import FilterConfig, FilterRule, HostPort, Model, Secret
 
 SourceConfig = Annotated[
     MllpSourceConfig | HttpSourceConfig,
@@ -64,28 +64,6 @@ class LoggingConfig(Model):
     format: Literal["text", "json"] = "text"
 
 
-class FilterRule(Model):
-    """A field condition: the value at ``path`` (HL7 ``PV1-2``, JSON ``a.b``) must match."""
-
-    path: str
-    equals: list[str] | None = None
-    not_equals: list[str] | None = None
-    exists: bool | None = None
-
-    @model_validator(mode="after")
-    def _one_test(self) -> FilterRule:
-        if sum(x is not None for x in (self.equals, self.not_equals, self.exists)) != 1:
-            raise ValueError("give exactly one of equals, not_equals, exists")
-        return self
-
-
-class FilterConfig(Model):
-    """Messages that do not match are stored as ``filtered`` and go nowhere."""
-
-    message_types: list[str] = []
-    where: list[FilterRule] = []
-
-
 class ChannelConfig(Model):
     """A source, an optional filter and mapping, and the destinations to fan out to.
 
@@ -93,7 +71,6 @@ class ChannelConfig(Model):
         dedup: fields whose values make the dedup key (HL7 paths or ``header:Name``);
             ``[]`` disables dedup. Default: ``MSH-4`` + ``MSH-10`` for HL7, the
             ``Idempotency-Key`` header otherwise.
-        strict: validate each HL7 message against hl7apy's structures (slow; off by default).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -102,7 +79,6 @@ class ChannelConfig(Model):
     filter: FilterConfig | None = None
     mapping: str | None = None
     dedup: list[str] | None = None
-    strict: bool = False
     prefetch: int = Field(default=200, ge=1, le=10_000)
     destinations: list[DestinationConfig] = Field(min_length=1)
 
@@ -309,6 +285,7 @@ __all__ = [
     "Config",
     "DestinationConfig",
     "FilterConfig",
+    "FilterRule",
     "HostPort",
     "Secret",
     "SourceConfig",

@@ -91,7 +91,10 @@ class RejectedInput(HisbridgeError):
             101 required field missing, 102 data type error, 200 unsupported message type).
     """
 
-    def __init__(self, message: str, *, code: str = "AR", hl7_error: str = "207") -> None:
+    def __init__(
+        self, message: str, *, code: str = "AR", hl7_error: str = "207", partial: object = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.hl7_error = hl7_error
+        self.partial = partial  # what could be parsed (e.g. the MSH) to address the answer

@@ -221,12 +221,6 @@ def parse(raw: bytes, *, default_encoding: str = "utf-8") -> Hl7Message:
         )
     padded = encoding_chars + "\x00" * (4 - min(4, len(encoding_chars)))
     segments = split_segments(text)
-    for n, seg in enumerate(segments, start=1):
-        name = seg.split(field_sep, 1)[0]
-        if not _SEGMENT_NAME.match(name):
-            raise RejectedInput(
-                f"segment {n} has an invalid name {name[:10]!r}", hl7_error="100"
-            )
     msg = Hl7Message(
         text=text,
         encoding=codec,
@@ -237,11 +231,20 @@ def parse(raw: bytes, *, default_encoding: str = "utf-8") -> Hl7Message:
         escape_char=padded[2],
         subcomponent_sep=padded[3],
     )
+    for n, seg in enumerate(segments, start=1):
+        name = seg.split(field_sep, 1)[0]
+        if not _SEGMENT_NAME.match(name):
+            raise RejectedInput(
+                f"segment {n} has an invalid name {name[:10]!r}", hl7_error="100", partial=msg
+            )
     if not msg.get("MSH", 9):
-        raise RejectedInput("required field MSH-9 (message type) is missing", hl7_error="101")
+        raise RejectedInput(
+            "required field MSH-9 (message type) is missing", hl7_error="101", partial=msg
+        )
     if not msg.control_id:
         raise RejectedInput(
-            "required field MSH-10 (message control id) is missing", hl7_error="101"
+            "required field MSH-10 (message control id) is missing", hl7_error="101",
+            partial=msg,
         )
     return msg
 

@@ -69,3 +69,11 @@ class Message:
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name, default)
+
+
+def id_time(message_id: str) -> float:
+    """The creation time (epoch seconds) encoded in a message id."""
+    value = 0
+    for ch in message_id[:10]:
+        value = value * 32 + _CROCKFORD.index(ch)
+    return value / 1000.0

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     PlainSerializer,
+    model_validator,
 )
 from pydantic_core import core_schema
 
@@ -128,6 +129,28 @@ class RetryOverrides(Model):
         return base.merged(**self.model_dump())
 
 
+class FilterRule(Model):
+    """A field condition: the value at ``path`` (HL7 ``PV1-2``, JSON ``a.b``) must match."""
+
+    path: str
+    equals: list[str] | None = None
+    not_equals: list[str] | None = None
+    exists: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_test(self) -> FilterRule:
+        if sum(x is not None for x in (self.equals, self.not_equals, self.exists)) != 1:
+            raise ValueError("give exactly one of equals, not_equals, exists")
+        return self
+
+
+class FilterConfig(Model):
+    """Messages that do not match are stored as ``filtered`` and go nowhere."""
+
+    message_types: list[str] = []
+    where: list[FilterRule] = []
+
+
 class DestinationSettings(Model):
     """What every destination has, whatever its protocol.
 
@@ -137,6 +160,7 @@ class DestinationSettings(Model):
         ordered: deliver one at a time in arrival order; a failing message holds the rest.
         concurrency: deliveries in flight at once (ignored when ordered).
         retry: changes to the default retry policy.
+        filter: only messages matching it go to this destination.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -144,3 +168,4 @@ class DestinationSettings(Model):
     ordered: bool = False
     concurrency: int = Field(default=8, ge=1, le=1000)
     retry: RetryOverrides = RetryOverrides()
+    filter: FilterConfig | None = None

@@ -1,0 +1,110 @@
+"""FHIR R4 destination: create, update and transaction bundles over REST.
+
+A resource without an id is created (``POST [base]/[type]``), one with an id is updated
+(``PUT [base]/[type]/[id]``), and a Bundle of type ``transaction`` or ``batch`` is posted to
+the base. An error answer carrying an ``OperationOutcome`` is reported with its diagnostics;
+for a batch, any failed entry fails the delivery with the entries' reasons.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field
+
+from adapters.http import HttpSender, OutcomeName
+from engine.contracts import Result
+from engine.errors import PermanentError
+from engine.settings import DestinationSettings, Secret
+from queues.contract import Envelope
+
+
+class FhirDestinationConfig(DestinationSettings):
+    type: Literal["fhir"]
+    base_url: str = Field(pattern=r"^https?://")
+    headers: dict[str, str] = Field(default_factory=dict)
+    token: Secret | None = None
+    timeout: float = Field(default=30.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    outcomes: dict[str, OutcomeName] = Field(default_factory=dict)
+
+    def build(self, channel: str) -> FhirDestination:
+        return FhirDestination(self)
+
+
+class FhirDestination:
+    def __init__(self, config: FhirDestinationConfig) -> None:
+        self.config = config
+        self.base = config.base_url.rstrip("/")
+        self.sender = HttpSender(
+            timeout=config.timeout, connect_timeout=config.connect_timeout,
+            outcomes=config.outcomes,
+            headers={"Accept": "application/fhir+json", **config.headers},
+            token=config.token, concurrency=config.concurrency,
+        )
+
+    async def start(self) -> None:
+        await self.sender.start()
+
+    async def close(self) -> None:
+        await self.sender.close()
+
+    async def send(self, envelope: Envelope) -> Result:
+        try:
+            resource = orjson.loads(envelope.body)
+        except orjson.JSONDecodeError as exc:
+            raise PermanentError(f"not FHIR JSON: {exc}") from None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise PermanentError("not a FHIR resource: resourceType is missing")
+        rtype = resource["resourceType"]
+        if rtype == "Bundle" and resource.get("type") in ("transaction", "batch"):
+            method, url = "POST", self.base
+        elif resource.get("id"):
+            method, url = "PUT", f"{self.base}/{rtype}/{resource['id']}"
+        else:
+            method, url = "POST", f"{self.base}/{rtype}"
+        status, body, headers = await self.sender.request(
+            method, url, envelope.body, "fhir+json", {"X-Message-Id": envelope.message_id}
+        )
+        if self.sender.outcome_for(status) != "ack":
+            reason = operation_outcome_text(body)
+            if reason:
+                body = reason.encode()
+        self.sender.classify(status, body, headers, f"{method} {url}")
+        if rtype == "Bundle" and resource.get("type") == "batch":
+            _check_batch_response(body)
+        location = headers.get("Location", "")
+        return Result(detail=f"HTTP {status} {location}".strip(), response=body or None,
+                      content_type="fhir+json")
+
+
+def operation_outcome_text(body: bytes) -> str:
+    """The issues of an OperationOutcome as one line, or '' if the body is not one."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    if not isinstance(doc, dict) or doc.get("resourceType") != "OperationOutcome":
+        return ""
+    parts = []
+    for issue in doc.get("issue", []) or []:
+        if not isinstance(issue, dict):
+            continue
+        text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
+        parts.append(f"{issue.get('severity', '?')} {issue.get('code', '?')}: {text}".strip())
+    return "OperationOutcome: " + "; ".join(parts) if parts else "OperationOutcome"
+
+
+def _check_batch_response(body: bytes) -> None:
+    try:
+        doc: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    failures = []
+    for n, entry in enumerate(doc.get("entry", []) if isinstance(doc, dict) else []):
+        status = str((entry.get("response") or {}).get("status", ""))
+        if status[:1] in ("4", "5"):
+            failures.append(f"entry {n}: {status}")
+    if failures:
+        raise PermanentError("batch entries failed: " + ", ".join(failures))

@@ -1,0 +1,430 @@
+"""HTTP in and out (aiohttp).
+
+The source accepts posts of HL7, JSON or XML on configured paths and answers 2xx only after
+ingest has committed; 503 with Retry-After when the engine cannot take the message now; 4xx
+with a specific reason for bad input. Several channels may share one listening port with
+different paths.
+
+The destination keeps one pooled ``ClientSession`` per destination and classifies answers by
+status (2xx ack; 408, 429, 5xx and connection errors retry; other 4xx dead-letter), all
+overridable per destination with ``outcomes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
+from typing import Literal
+
+import aiohttp
+import orjson
+from aiohttp import web
+from lxml import etree
+from pydantic import Field, field_validator
+
+from engine.contracts import Ingest, Result
+from engine.errors import PermanentError, RejectedInput, TransientError
+from engine.hl7 import build_ack, parse
+from engine.message import CONTENT_TYPES, Message
+from engine.settings import DestinationSettings, HostPort, Model, Secret, split_host_port
+from queues.contract import Envelope
+
+log = logging.getLogger(__name__)
+
+HL7_MEDIA = "x-application/hl7-v2+er7"
+
+
+class HttpSourceConfig(Model):
+    """An HTTP endpoint receiving messages for one channel.
+
+    Attributes:
+        listen: ``host:port``; channels may share it with different ``path``s.
+        content_type: what the body is; ``auto`` decides from the Content-Type header.
+        token: if set, requests must carry ``Authorization: Bearer <token>``.
+        max_body_bytes: larger bodies are refused with 413 before they are read.
+    """
+
+    type: Literal["http"]
+    listen: HostPort
+    path: str = Field(default="/", pattern=r"^/[A-Za-z0-9_./{}-]*$")
+    content_type: Literal["auto", "hl7v2", "json", "fhir+json", "xml", "text"] = "auto"
+    token: Secret | None = None
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    default_encoding: str = "utf-8"
+
+    def build(self, channel: str) -> HttpSource:
+        return HttpSource(self, channel)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HttpListener:
+    """One aiohttp server per address, shared by every source that listens there."""
+
+    _by_address: dict[str, HttpListener] = {}
+
+    def __init__(self, listen: str) -> None:
+        self.listen = listen
+        self.routes: dict[str, Handler] = {}
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+        self.max_body = 1024 * 1024
+
+    @classmethod
+    async def attach(cls, listen: str, path: str, handler: Handler, max_body: int) -> HttpListener:
+        listener = cls._by_address.get(listen)
+        if listener is None or listener.runner is None:
+            listener = cls(listen)
+            cls._by_address[listen] = listener
+        if path in listener.routes:
+            raise RuntimeError(f"{listen}{path} already has a source")
+        listener.routes[path] = handler
+        listener.max_body = max(listener.max_body, max_body)
+        if listener.runner is None:
+            await listener._start()
+        return listener
+
+    async def detach(self, path: str) -> None:
+        self.routes.pop(path, None)
+        if not self.routes and self.runner is not None:
+            runner, self.runner = self.runner, None
+            HttpListener._by_address.pop(self.listen, None)
+            await runner.cleanup()
+
+    async def _start(self) -> None:
+        app = web.Application(client_max_size=self.max_body)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        host, port = split_host_port(self.listen)
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        handler = self.routes.get(request.path)
+        if handler is None:
+            return _problem(404, f"no source at {request.path}")
+        return await handler(request)
+
+
+class HttpSource:
+    def __init__(self, config: HttpSourceConfig, channel: str) -> None:
+        self.config = config
+        self.channel = channel
+        self._listener: HttpListener | None = None
+        self._ingest: Ingest | None = None
+        self._inflight = 0
+        self._stopping = False
+
+    @property
+    def port(self) -> int:
+        return self._listener.port if self._listener else 0
+
+    async def start(self, ingest: Ingest) -> None:
+        self._ingest = ingest
+        self._listener = await HttpListener.attach(
+            self.config.listen, self.config.path, self._handle, self.config.max_body_bytes
+        )
+        log.info("http source %s listening on %s%s", self.channel, self.config.listen,
+                 self.config.path)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for _ in range(50):
+            if not self._inflight:
+                break
+            await asyncio.sleep(0.1)
+        if self._listener is not None:
+            await self._listener.detach(self.config.path)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self._stopping:
+            return _problem(503, "shutting down", retry_after=5)
+        if request.method != "POST" and request.method != "PUT":
+            return _problem(405, "use POST or PUT")
+        if self.config.token is not None:
+            expected = f"Bearer {self.config.token.get()}"
+            if not _constant_time_equal(request.headers.get("Authorization", ""), expected):
+                return _problem(401, "missing or wrong bearer token")
+        length = request.content_length
+        if length is not None and length > self.config.max_body_bytes:
+            return _problem(413, f"body of {length} bytes exceeds {self.config.max_body_bytes}")
+        self._inflight += 1
+        try:
+            return await self._receive(request)
+        finally:
+            self._inflight -= 1
+
+    async def _receive(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _problem(413, f"body exceeds {self.config.max_body_bytes} bytes")
+        content_type = self._content_type(request)
+        if content_type is None:
+            return _problem(415, f"unsupported Content-Type {request.content_type!r}")
+        try:
+            hl7 = _validate(body, content_type, self.config.default_encoding)
+        except RejectedInput as exc:
+            if content_type == "hl7v2":
+                partial = exc.partial if exc.partial is not None else None
+                ack = build_ack(partial, exc.code, text=str(exc), error_code=exc.hl7_error)  # type: ignore[arg-type]
+                return web.Response(status=400, body=ack.encode(), content_type=HL7_MEDIA)
+            return _problem(400, str(exc))
+        headers = {}
+        idem = request.headers.get("Idempotency-Key")
+        if idem:
+            headers["Idempotency-Key"] = idem[:200]
+        message = Message(
+            channel=self.channel, content_type=content_type, body=body, headers=headers,
+            correlation_id=request.headers.get("X-Correlation-Id"),
+        )
+        assert self._ingest is not None
+        try:
+            result = await self._ingest(message, hl7=hl7)
+        except TransientError as exc:
+            return _problem(503, str(exc), retry_after=int(exc.retry_after or 5))
+        if hl7 is not None:
+            ack = build_ack(hl7, "AA")
+            return web.Response(
+                status=200, body=ack.encode(hl7.encoding, errors="replace"),
+                content_type=HL7_MEDIA,
+                headers={"X-Message-Id": result.message_id},
+            )
+        status = 200 if result.duplicate else 202
+        return web.json_response(
+            {"message_id": result.message_id, "duplicate": result.duplicate}, status=status
+        )
+
+    def _content_type(self, request: web.Request) -> str | None:
+        if self.config.content_type != "auto":
+            return self.config.content_type
+        media = request.content_type.lower()
+        if "hl7" in media or media == "application/edi-hl7":
+            return "hl7v2"
+        if media == "application/fhir+json":
+            return "fhir+json"
+        if media.endswith("json"):
+            return "json"
+        if media.endswith("xml"):
+            return "xml"
+        if media.startswith("text/"):
+            return "text"
+        return None
+
+
+def _validate(body: bytes, content_type: str, default_encoding: str):  # type: ignore[no-untyped-def]
+    """Refuse bodies that are not what they claim; return the parsed HL7 when it is HL7."""
+    if not body:
+        raise RejectedInput("empty body")
+    if content_type == "hl7v2":
+        return parse(body, default_encoding=default_encoding)
+    if content_type in ("json", "fhir+json"):
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise RejectedInput(f"body is not valid JSON: {exc}") from None
+        if content_type == "fhir+json" and not (isinstance(doc, dict) and "resourceType" in doc):
+            raise RejectedInput("FHIR body must be a JSON object with resourceType")
+        return None
+    if content_type == "xml":
+        parse_xml(body)
+    return None
+
+
+def secure_xml_parser() -> etree.XMLParser:
+    """An lxml parser with DTDs, entity expansion and network access off."""
+    return etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+        huge_tree=False, remove_pis=True,
+    )
+
+
+def parse_xml(body: bytes) -> etree._Element:
+    """Parse untrusted XML; any DOCTYPE is refused outright (XXE, billion laughs)."""
+    if re.search(rb"<!DOCTYPE|<!ENTITY", body[:65536], re.IGNORECASE):
+        raise RejectedInput("XML with a DOCTYPE or ENTITY declaration is not accepted")
+    try:
+        return etree.fromstring(body, secure_xml_parser())
+    except etree.XMLSyntaxError as exc:
+        raise RejectedInput(f"body is not well-formed XML: {exc}") from None
+
+
+def _problem(status: int, detail: str, *, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": detail[:500]}, status=status, headers=headers)
+
+
+def _constant_time_equal(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+# -- destination ----------------------------------------------------------------------------
+
+OutcomeName = Literal["ack", "retry", "dead_letter"]
+_DEFAULT_OUTCOMES: dict[str, OutcomeName] = {
+    "2xx": "ack", "408": "retry", "425": "retry", "429": "retry", "5xx": "retry",
+    "4xx": "dead_letter", "3xx": "dead_letter",
+}
+_MEDIA = {
+    "hl7v2": HL7_MEDIA, "json": "application/json", "fhir+json": "application/fhir+json",
+    "xml": "application/xml", "text": "text/plain",
+}
+
+
+class HttpDestinationConfig(DestinationSettings):
+    """Posts each envelope to a URL.
+
+    Attributes:
+        outcomes: status (``"404"``) or class (``"4xx"``) → ``ack``/``retry``/``dead_letter``;
+            the most specific entry wins over the defaults.
+        token: sent as ``Authorization: Bearer``.
+    """
+
+    type: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+    method: Literal["POST", "PUT"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    token: Secret | None = None
+    timeout: float = Field(default=30.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    outcomes: dict[str, OutcomeName] = Field(default_factory=dict)
+
+    @field_validator("outcomes")
+    @classmethod
+    def _status_keys(cls, value: dict[str, OutcomeName]) -> dict[str, OutcomeName]:
+        for key in value:
+            if not re.fullmatch(r"[1-5](\d\d|xx)", key):
+                raise ValueError(f"outcome key {key!r} must be a status like 404 or a class like 4xx")
+        return value
+
+    def build(self, channel: str) -> HttpDestination:
+        return HttpDestination(self)
+
+
+class HttpSender:
+    """An aiohttp session for one destination plus the status → outcome rules.
+
+    Shared by the HTTP and FHIR destinations.
+    """
+
+    def __init__(
+        self, *, timeout: float, connect_timeout: float, outcomes: dict[str, OutcomeName],
+        headers: dict[str, str], token: Secret | None, concurrency: int,
+    ) -> None:
+        self.outcomes = {**_DEFAULT_OUTCOMES, **outcomes}
+        self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self.headers = dict(headers)
+        self.token = token
+        self.concurrency = concurrency
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self.token is not None:
+            self.headers["Authorization"] = f"Bearer {self.token.get()}"
+        connector = aiohttp.TCPConnector(limit=max(1, self.concurrency), keepalive_timeout=60)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=self.timeout, headers=self.headers,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def outcome_for(self, status: int) -> OutcomeName:
+        return self.outcomes.get(str(status)) or self.outcomes.get(f"{status // 100}xx", "retry")
+
+    async def request(
+        self, method: str, url: str, body: bytes, content_type: str,
+        extra_headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """One request; connection failures and timeouts become TransientError."""
+        if self.session is None:
+            raise TransientError("destination is not started")
+        headers = {"Content-Type": _MEDIA.get(content_type, "application/octet-stream")}
+        if extra_headers:
+            headers.update(extra_headers)
+        try:
+            async with self.session.request(method, url, data=body, headers=headers) as resp:
+                payload = await resp.read()
+                return resp.status, payload, dict(resp.headers)
+        except TimeoutError:
+            raise TransientError(f"{method} {url}: timed out") from None
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"{method} {url}: {exc.__class__.__name__} {exc}"[:300]) from None
+
+    def classify(self, status: int, body: bytes, headers: dict[str, str], what: str) -> None:
+        """Raise the error the status stands for; return normally for success."""
+        outcome = self.outcome_for(status)
+        if outcome == "ack":
+            return
+        snippet = body[:300].decode("utf-8", errors="replace").strip()
+        text = f"{what} answered {status}" + (f": {snippet}" if snippet else "")
+        if outcome == "retry":
+            raise TransientError(text, retry_after=retry_after_seconds(headers.get("Retry-After")))
+        raise PermanentError(text)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    with contextlib.suppress(TypeError, ValueError):
+        import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    return None
+
+
+class HttpDestination:
+    def __init__(self, config: HttpDestinationConfig) -> None:
+        self.config = config
+        self.sender = HttpSender(
+            timeout=config.timeout, connect_timeout=config.connect_timeout,
+            outcomes=config.outcomes, headers=config.headers, token=config.token,
+            concurrency=config.concurrency,
+        )
+
+    async def start(self) -> None:
+        await self.sender.start()
+
+    async def close(self) -> None:
+        await self.sender.close()
+
+    async def send(self, envelope: Envelope) -> Result:
+        extra = {"X-Message-Id": envelope.message_id}
+        status, body, headers = await self.sender.request(
+            self.config.method, self.config.url, envelope.body, envelope.content_type, extra
+        )
+        self.sender.classify(status, body, headers, self.config.url)
+        return Result(detail=f"HTTP {status}", response=body or None,
+                      content_type=_response_type(headers))
+
+
+def _response_type(headers: dict[str, str]) -> str | None:
+    media = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if "fhir+json" in media:
+        return "fhir+json"
+    if media.endswith("json"):
+        return "json"
+    if media.endswith("xml"):
+        return "xml"
+    if "hl7" in media:
+        return "hl7v2"
+    return "text" if media.startswith("text/") else None
+
+
+assert set(_MEDIA) <= set(CONTENT_TYPES)

@@ -1,0 +1,274 @@
+"""The engine: builds everything from a Config, runs it, and stops it cleanly.
+
+Start order is inside-out (database, store, queue backend, destinations, workers, sources,
+admin) so nothing is accepted before it can be processed; stop order is the reverse, so
+sources stop accepting first and in-flight work finishes or stays safely queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.config import ChannelConfig, Config
+from engine.contracts import Mapper, Source
+from engine.database import Database
+from engine.errors import ConfigError
+from engine.filters import Filter
+from engine.ingest import ChannelIngest, channel_queue
+from engine.message import Message
+from engine.metrics import Gauge, Metrics
+from engine.pipeline import ChannelWorker, DestinationRuntime, DestinationWorker
+from engine.store import REPLAYED, MessageStore
+from queues.contract import QueueBackend
+from queues.sqlite import SqliteQueue
+
+log = logging.getLogger(__name__)
+
+
+def load_mappers(config: Config) -> dict[str, Mapper]:
+    """Every mapping the config names, loaded from ``mappings_dir`` (ConfigError if missing)."""
+    names = {c.mapping for c in config.channels if c.mapping}
+    names |= {d.mapping for c in config.channels for d in c.destinations if d.mapping}
+    if not names:
+        return {}
+    directory = config.resolve(config.mappings_dir)
+    try:
+        from engine.mapping import load_mappings
+    except ImportError as exc:  # pragma: no cover - the mapping package ships with the engine
+        raise ConfigError(f"mappings are not available: {exc}") from None
+    mappers = load_mappings(directory)
+    missing = sorted(n for n in names if n not in mappers)
+    if missing:
+        raise ConfigError(
+            f"unknown mapping(s) {', '.join(missing)} (not found in {directory})",
+            file=config.file, path="mapping",
+        )
+    return {n: mappers[n] for n in names}
+
+
+def build_backend(config: Config, db: Database) -> QueueBackend:
+    queue_cfg: Any = config.queue
+    if queue_cfg.backend == "sqlite":
+        return SqliteQueue(db, max_depth=queue_cfg.max_depth)
+    return queue_cfg.build()  # type: ignore[no-any-return]
+
+
+@dataclass
+class ChannelRuntime:
+    config: ChannelConfig
+    source: Source
+    ingest: ChannelIngest
+    worker: ChannelWorker
+    destinations: list[DestinationRuntime]
+    dest_workers: list[DestinationWorker]
+
+
+class Engine:
+    """One running hisbridge process."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.db = Database(
+            config.resolve(config.store.path),
+            synchronous=config.store.synchronous,
+            max_batch=config.store.max_batch,
+        )
+        self.store = MessageStore(self.db)
+        self.backend: QueueBackend = build_backend(config, self.db)
+        self.channels: dict[str, ChannelRuntime] = {}
+        self.admin: Any = None
+        self.admin_token = ""
+        self.started_at = 0.0
+        self._started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        mappers = load_mappers(self.config)
+        await self.db.open()
+        try:
+            await self.store.start()
+            await self.backend.start()
+            for ch in self.config.channels:
+                if ch.enabled:
+                    self.channels[ch.name] = await self._build_channel(ch, mappers)
+            for rt in self.channels.values():
+                for dw in rt.dest_workers:
+                    dw.start()
+                rt.worker.start()
+            for rt in self.channels.values():
+                await rt.source.start(rt.ingest)
+            self._register_gauges()
+            if self.config.admin.enabled:
+                from engine.admin import AdminServer
+
+                self.admin_token = self._admin_token()
+                self.admin = AdminServer(self, self.admin_token)
+                await self.admin.start(self.config.admin.listen)
+        except BaseException:
+            await self.stop()
+            raise
+        self.started_at = time.time()
+        self._started = True
+        log.info("engine started: %d channel(s)", len(self.channels))
+
+    async def _build_channel(self, ch: ChannelConfig, mappers: dict[str, Mapper]) -> ChannelRuntime:
+        dests: list[DestinationRuntime] = []
+        for dcfg in ch.destinations:
+            adapter = dcfg.build(ch.name)
+            await adapter.start()
+            dests.append(DestinationRuntime(
+                channel=ch.name, name=dcfg.name, adapter=adapter,
+                policy=dcfg.retry.apply(self.config.retry), ordered=dcfg.ordered,
+                concurrency=dcfg.concurrency,
+                filter=Filter(dcfg.filter) if dcfg.filter else None,
+                mapper=mappers[dcfg.mapping] if dcfg.mapping else None,
+            ))
+        await self.backend.declare(channel_queue(ch.name))
+        for d in dests:
+            await self.backend.declare(d.queue)
+        ingest = ChannelIngest(
+            ch.name, dedup=ch.dedup, db=self.db, store=self.store, backend=self.backend,
+            metrics=self.metrics,
+        )
+        worker = ChannelWorker(
+            ch.name, db=self.db, backend=self.backend, metrics=self.metrics,
+            mapper=mappers[ch.mapping] if ch.mapping else None,
+            filter=Filter(ch.filter) if ch.filter else None, destinations=dests,
+            prefetch=ch.prefetch,
+        )
+        dest_workers = [
+            DestinationWorker(d, db=self.db, backend=self.backend, metrics=self.metrics)
+            for d in dests
+        ]
+        source = ch.source.build(ch.name)
+        return ChannelRuntime(ch, source, ingest, worker, dests, dest_workers)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, finish in-flight work (up to ``grace`` s), then close everything."""
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
+        for rt in self.channels.values():
+            try:
+                await rt.source.stop()
+            except Exception:
+                log.exception("channel %s: source did not stop cleanly", rt.config.name)
+        for rt in self.channels.values():
+            await rt.worker.stop(grace)
+        await asyncio.gather(
+            *(dw.stop(grace) for rt in self.channels.values() for dw in rt.dest_workers)
+        )
+        for rt in self.channels.values():
+            for d in rt.destinations:
+                try:
+                    await d.adapter.close()
+                except Exception:
+                    log.exception("destination %s/%s did not close cleanly", d.channel, d.name)
+        self.channels.clear()
+        await self.backend.close()
+        await self.db.close()
+        self._started = False
+        log.info("engine stopped")
+
+    def _admin_token(self) -> str:
+        token = self.config.admin.token
+        if token is not None:
+            return token.get()
+        path = self.config.resolve(self.config.store.path).parent / "admin.token"
+        if path.exists():
+            return path.read_text(encoding="utf-8").strip()
+        value = secrets.token_urlsafe(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(value + "\n", encoding="utf-8")
+        log.info("admin token written to %s", path)
+        return value
+
+    def _register_gauges(self) -> None:
+        def depths() -> dict[tuple[tuple[str, str], ...], float]:
+            out: dict[tuple[tuple[str, str], ...], float] = {}
+            if isinstance(self.backend, SqliteQueue):
+                for queue, n in self.backend._depth.items():
+                    out[(("queue", queue),)] = float(n)
+            return out
+
+        def health() -> dict[tuple[tuple[str, str], ...], float]:
+            states = {"ok": 0.0, "retrying": 1.0, "failing": 2.0}
+            return {
+                (("channel", d.channel), ("destination", d.name)): states[d.health.state]
+                for rt in self.channels.values() for d in rt.destinations
+            }
+
+        self.metrics.gauges = [
+            Gauge("hisbridge_queue_depth", "Envelopes waiting per queue (ready or delayed).",
+                  depths),
+            Gauge("hisbridge_destination_state",
+                  "Destination state: 0 ok, 1 retrying, 2 failing.", health),
+        ]
+
+    # -- operations used by the admin API and the demo ---------------------------------------
+
+    def source_port(self, channel: str) -> int:
+        """The port a channel's source listens on (useful with port 0 in tests)."""
+        return int(getattr(self.channels[channel].source, "port", 0))
+
+    async def replay(self, message_id: str) -> str:
+        """Put a stored message through its channel again as a new message; returns its id."""
+        stored = await self.store.get(message_id)
+        if stored is None:
+            raise KeyError(message_id)
+        rt = self.channels.get(stored.channel)
+        if rt is None:
+            raise KeyError(f"channel {stored.channel} is not running")
+        copy = Message(
+            channel=stored.channel, content_type=stored.content_type, body=stored.body,
+            headers=dict(stored.headers), correlation_id=stored.correlation_id or message_id,
+        )
+        ingest = ChannelIngest(
+            stored.channel, dedup=[], db=self.db, store=self.store, backend=self.backend,
+            metrics=self.metrics,
+        )
+        result = await ingest(copy)
+        await self.db.write(
+            lambda c: MessageStore.record(c, message_id, REPLAYED, detail=f"as {result.message_id}")
+        )
+        return result.message_id
+
+    async def readiness(self) -> dict[str, Any]:
+        """Store writable, queue backend reachable, and each destination's state."""
+        checks: dict[str, Any] = {}
+        ok = True
+        try:
+            await asyncio.wait_for(self.db.write(lambda c: c.execute("SELECT 1").fetchone()), 5)
+            checks["store"] = "ok"
+        except Exception as exc:
+            checks["store"] = f"error: {type(exc).__name__}"
+            ok = False
+        try:
+            await asyncio.wait_for(self.backend.ping(), 5)
+            checks["queue"] = "ok"
+        except Exception as exc:
+            checks["queue"] = f"error: {type(exc).__name__}"
+            ok = False
+        dests = {}
+        for rt in self.channels.values():
+            for d in rt.destinations:
+                dests[f"{d.channel}/{d.name}"] = {
+                    "state": d.health.state,
+                    "consecutive_failures": d.health.consecutive_failures,
+                    "depth": await self.backend.depth(d.queue),
+                }
+        checks["destinations"] = dests
+        return {"status": "ok" if ok else "unavailable", "checks": checks}
+
+
+def data_dir(config: Config) -> Path:
+    return config.resolve(config.store.path).parent

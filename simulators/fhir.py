@@ -1,0 +1,258 @@
+"""A FHIR R4 server for demos, tests and benchmarks, with switchable faults.
+
+Stores resources in memory (create, update, read, search by identifier, transaction and
+batch bundles) and answers errors with OperationOutcome, like a real server. Faults are
+switched over HTTP (``POST /_control/fault``) or from Python (``set_fault``):
+
+- ``error``: answer every request with ``status`` (default 503);
+- ``slow``: add ``delay`` seconds to every answer;
+- ``refuse``: stop listening, so connections are refused;
+- ``none``: back to normal. ``duration`` (seconds) ends any fault by itself.
+
+Run alone: ``hisbridge simulate fhir --listen 127.0.0.1:8090``; base URL ``.../fhir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+_FHIR_JSON = "application/fhir+json"
+
+
+def _outcome(status: int, code: str, text: str) -> web.Response:
+    body = {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "diagnostics": text}]}
+    return web.Response(status=status, body=orjson.dumps(body), content_type=_FHIR_JSON)
+
+
+class FhirServer:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, base: str = "/fhir") -> None:
+        self.host, self.port, self.base = host, port, base.rstrip("/")
+        self.resources: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self.requests = Counter[str]()
+        self.message_ids: list[str] = []  # X-Message-Id of every stored write, in order
+        self.fault = "none"
+        self.fault_status = 503
+        self.delay = 0.0
+        self._fault_until = 0.0
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._reopen: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}{self.base}"
+
+    def count(self, rtype: str | None = None) -> int:
+        if rtype:
+            return len(self.resources.get(rtype, {}))
+        return sum(len(v) for v in self.resources.values())
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.router.add_post("/_control/fault", self._control)
+        app.router.add_get("/_control/stats", self._stats)
+        app.router.add_route("*", self.base + "{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await self._listen()
+
+    async def _listen(self) -> None:
+        assert self._runner is not None
+        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await self._site.start()
+        server = self._site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self._reopen is not None:
+            self._reopen.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def set_fault(self, mode: str, *, status: int = 503, delay: float = 0.0,
+                        duration: float | None = None) -> None:
+        if mode not in ("none", "error", "slow", "refuse"):
+            raise ValueError(f"unknown fault mode {mode}")
+        self.fault, self.fault_status, self.delay = mode, status, delay
+        self._fault_until = time.monotonic() + duration if duration else 0.0
+        if mode == "refuse" and self._site is not None:
+            await self._site.stop()
+            self._site = None
+            if duration:
+                self._reopen = asyncio.create_task(self._reopen_after(duration))
+        elif mode != "refuse" and self._site is None:
+            await self._listen()
+
+    async def _reopen_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.set_fault("none")
+
+    def _active_fault(self) -> str:
+        if self._fault_until and time.monotonic() >= self._fault_until:
+            self.fault, self.delay, self._fault_until = "none", 0.0, 0.0
+        return self.fault
+
+    async def _control(self, request: web.Request) -> web.Response:
+        doc = await request.json()
+        await self.set_fault(doc.get("mode", "none"), status=int(doc.get("status", 503)),
+                             delay=float(doc.get("delay", 0)), duration=doc.get("duration"))
+        return web.json_response({"fault": self.fault})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "resources": {k: len(v) for k, v in self.resources.items()},
+            "requests": dict(self.requests),
+        })
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        fault = self._active_fault()
+        self.requests[request.method] += 1
+        if fault == "slow" or self.delay:
+            await asyncio.sleep(self.delay)
+        if fault == "error":
+            return _outcome(self.fault_status, "transient", "simulated server error")
+        parts = [p for p in request.match_info["tail"].split("/") if p]
+        try:
+            if request.method == "GET":
+                return self._read(parts, request)
+            if request.method in ("POST", "PUT"):
+                body = await request.read()
+                try:
+                    doc = orjson.loads(body)
+                except orjson.JSONDecodeError as exc:
+                    return _outcome(400, "structure", f"invalid JSON: {exc}")
+                if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
+                    return _outcome(400, "structure", "resourceType is required")
+                return self._write(request, parts, doc)
+        except _Invalid as exc:
+            return _outcome(exc.status, "invalid", str(exc))
+        return _outcome(405, "not-supported", f"{request.method} is not supported")
+
+    def _read(self, parts: list[str], request: web.Request) -> web.Response:
+        if len(parts) == 2:
+            res = self.resources.get(parts[0], {}).get(parts[1])
+            if res is None:
+                return _outcome(404, "not-found", f"{parts[0]}/{parts[1]} is not known")
+            return web.Response(body=orjson.dumps(res), content_type=_FHIR_JSON)
+        if len(parts) == 1:
+            found = list(self.resources.get(parts[0], {}).values())
+            ident = request.query.get("identifier")
+            if ident:
+                system, _, value = ident.rpartition("|")
+                found = [r for r in found if any(
+                    i.get("value") == value and (not system or i.get("system") == system)
+                    for i in r.get("identifier", []) if isinstance(i, dict))]
+            bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(found),
+                      "entry": [{"resource": r} for r in found]}
+            return web.Response(body=orjson.dumps(bundle), content_type=_FHIR_JSON)
+        return _outcome(400, "not-supported", "unsupported read")
+
+    def _write(self, request: web.Request, parts: list[str], doc: dict[str, Any]) -> web.Response:
+        mid = request.headers.get("X-Message-Id", "")
+        if not parts:
+            if doc["resourceType"] != "Bundle" or doc.get("type") not in ("transaction", "batch"):
+                raise _Invalid("only transaction or batch Bundles may be posted to the base")
+            return self._bundle(doc, mid)
+        rtype = parts[0]
+        if doc["resourceType"] != rtype:
+            raise _Invalid(f"resourceType {doc['resourceType']} does not match the URL ({rtype})")
+        rid = parts[1] if len(parts) > 1 else None
+        status, stored = self._store(rtype, rid, doc)
+        if mid:
+            self.message_ids.append(mid)
+        return web.Response(status=status, body=orjson.dumps(stored), content_type=_FHIR_JSON,
+                            headers={"Location": f"{self.url}/{rtype}/{stored['id']}/_history/"
+                                     f"{stored['meta']['versionId']}"})
+
+    def _store(self, rtype: str, rid: str | None, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _check_resource(doc)
+        existing = self.resources[rtype].get(rid) if rid else None
+        rid = rid or str(next(self._ids))
+        version = int(existing["meta"]["versionId"]) + 1 if existing else 1
+        stored = dict(doc, id=rid, meta={"versionId": str(version),
+                                         "lastUpdated": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
+        self.resources[rtype][rid] = stored
+        return (200 if existing else 201), stored
+
+    def _bundle(self, doc: dict[str, Any], mid: str) -> web.Response:
+        entries = doc.get("entry") or []
+        results = []
+        transaction = doc.get("type") == "transaction"
+        staged: list[tuple[str, str | None, dict[str, Any]]] = []
+        for n, entry in enumerate(entries):
+            res = entry.get("resource") if isinstance(entry, dict) else None
+            req = entry.get("request") if isinstance(entry, dict) else None
+            if not isinstance(res, dict) or not isinstance(req, dict):
+                if transaction:
+                    raise _Invalid(f"entry {n} needs resource and request")
+                results.append({"response": {"status": "400 Bad Request"}})
+                continue
+            url = str(req.get("url", ""))
+            rtype, _, rid = url.partition("/")
+            staged.append((rtype or res.get("resourceType", ""), rid or None, res))
+        if transaction:
+            for n, (rtype, _, res) in enumerate(staged):
+                if res.get("resourceType") != rtype:
+                    raise _Invalid(f"entry {n}: resourceType does not match request.url")
+                _check_resource(res)
+        for rtype, rid, res in staged:
+            try:
+                status, stored = self._store(rtype, rid, res)
+                results.append({"response": {
+                    "status": f"{status} {'Created' if status == 201 else 'OK'}",
+                    "location": f"{rtype}/{stored['id']}/_history/{stored['meta']['versionId']}"}})
+            except _Invalid as exc:
+                results.append({"response": {"status": f"{exc.status} Bad Request",
+                                             "outcome": {"resourceType": "OperationOutcome",
+                                                         "issue": [{"severity": "error",
+                                                                    "code": "invalid",
+                                                                    "diagnostics": str(exc)}]}}})
+        if mid:
+            self.message_ids.append(mid)
+        reply = {"resourceType": "Bundle", "type": f"{doc.get('type')}-response", "entry": results}
+        return web.Response(body=orjson.dumps(reply), content_type=_FHIR_JSON)
+
+
+class _Invalid(Exception):
+    def __init__(self, text: str, status: int = 400) -> None:
+        super().__init__(text)
+        self.status = status
+
+
+def _check_resource(doc: dict[str, Any]) -> None:
+    """The structural checks a strict server applies before storing."""
+    ids = doc.get("identifier")
+    if ids is not None and not isinstance(ids, list):
+        raise _Invalid(f"{doc.get('resourceType')}.identifier must be an array", 422)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    host, _, port = args.listen.rpartition(":")
+    server = FhirServer(host, int(port))
+    await server.start()
+    print(f"FHIR server at {server.url} (faults: POST http://{host}:{server.port}/_control/fault)")
+    try:
+        while True:
+            await asyncio.sleep(5)
+            print(f"stored {server.count()} resources")
+    finally:
+        await server.stop()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", default="127.0.0.1:8090")
+
+
+def main(args: argparse.Namespace) -> int:
+    return asyncio.run(_main(args))
