@@ -64,6 +64,7 @@ class MllpSource:
         self._server: asyncio.Server | None = None
         self._ingest: Ingest | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._busy: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(config.max_connections)
         self._stopping = False
         self.port = 0
@@ -77,13 +78,15 @@ class MllpSource:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("mllp source %s listening on %s:%d", self.channel, host, self.port)
 
-    async def stop(self) -> None:
-        """Stop accepting; let each connection finish the frame it is processing."""
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting; connections mid-message get ``grace`` seconds to answer it."""
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        for task in self._connections - self._busy:
+            task.cancel()  # idle: waiting for the next frame
         if self._connections:
-            _, pending = await asyncio.wait(self._connections, timeout=5.0)
+            _, pending = await asyncio.wait(self._connections, timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -101,12 +104,13 @@ class MllpSource:
         try:
             async with self._slots:
                 await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # peer went away, or the source is stopping: close quietly
         except Exception:
             log.exception("mllp source %s: connection from %s failed", self.channel, peer)
         finally:
             self._connections.discard(task)
+            self._busy.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -120,13 +124,20 @@ class MllpSource:
                 return
             if frame is None:
                 return
-            answer = await self._answer(frame)
-            writer.write(START + answer + END)
-            await writer.drain()
+            task = asyncio.current_task()
+            assert task is not None
+            self._busy.add(task)
+            try:
+                answer = await self._answer(frame)
+                writer.write(START + answer + END)
+                await writer.drain()
+            finally:
+                self._busy.discard(task)
 
     async def _answer(self, frame: Frame) -> bytes:
         if frame.error is not None:
-            return _encode_ack(frame.error, None)
+            partial = frame.error.partial
+            return _encode_ack(frame.error, partial if isinstance(partial, Hl7Message) else None)
         try:
             msg = parse(frame.data, default_encoding=self.config.default_encoding)
             if self.config.strict:

@@ -90,24 +90,33 @@ class HisSender:
                 return item
 
         async def worker() -> None:
-            reader: asyncio.StreamReader | None = None
-            writer: asyncio.StreamWriter | None = None
+            conn: list[asyncio.StreamWriter] = []
+            try:
+                await exchange_all(conn)
+            finally:
+                for writer in conn:
+                    writer.close()
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()
+
+        async def exchange_all(conn: list[asyncio.StreamWriter]) -> None:
             frames: FrameReader | None = None
             while True:
                 item = await take()
                 if item is None:
-                    break
+                    return
                 raw = item.encode(self.encoding) if isinstance(item, str) else item
                 cid = _control_id(raw)
                 for _attempt in range(3):
                     try:
-                        if writer is None:
+                        if not conn:
                             reader, writer = await asyncio.open_connection(self.host, self.port)
+                            conn.append(writer)
                             frames = FrameReader(reader, 1 << 20)
                         assert frames is not None
                         t0 = time.perf_counter()
-                        writer.write(START + raw + END)
-                        await writer.drain()
+                        conn[0].write(START + raw + END)
+                        await conn[0].drain()
                         frame = await asyncio.wait_for(frames.next(), self.ack_timeout)
                         if frame is None:
                             raise ConnectionError("closed before ACK")
@@ -123,14 +132,9 @@ class HisSender:
                         break
                     except (OSError, ConnectionError, TimeoutError, RejectedInput) as exc:
                         report.errors.append(f"{cid}: {type(exc).__name__} {exc}")
-                        if writer is not None:
-                            writer.close()
-                        writer = None
+                        while conn:
+                            conn.pop().close()
                         await asyncio.sleep(0.2)
-            if writer is not None:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
 
         await asyncio.gather(*(worker() for _ in range(self.connections)))
         report.finished = time.perf_counter()
