@@ -94,7 +94,7 @@ class EinvoicePlatformSettings(Model):
     check_state_before_write_off: bool = True
     operations: Operations = Operations()
     results: ResultCodes = ResultCodes()
-    max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=256)
 
     @field_validator("url")
     @classmethod

@@ -135,7 +135,14 @@ def open_answer(
         raise ResponseInvalid("the answer has no result code")
     if not isinstance(message, str):
         raise ResponseInvalid("the answer's message is not a string")
-    _verify(envelope, result=result, message=message, key=key, noise=noise, check=check)
+    try:
+        _verify(envelope, result=result, message=message, key=key, noise=noise, check=check)
+    except ResponseInvalid as exc:
+        if result == SUCCESS:
+            raise
+        # Not trusted, but worth showing: "it claims E0001 signature mismatch" is how a
+        # wrong key shows up when the platform signs its refusals with the right one.
+        raise ResponseInvalid(f"{exc} (it claims {result}: {message[:200]})") from None
     if result != SUCCESS:
         return Answer(result, message)
     try:
