@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from adapters.einvoice import EinvoiceDestinationConfig
 from adapters.fhir import FhirDestinationConfig
 from adapters.http import HttpDestinationConfig, HttpSourceConfig
 from adapters.mllp import MllpDestinationConfig, MllpSourceConfig
@@ -30,7 +31,8 @@ SourceConfig = Annotated[
     Field(discriminator="type"),
 ]
 DestinationConfig = Annotated[
-    MllpDestinationConfig | HttpDestinationConfig | FhirDestinationConfig,
+    MllpDestinationConfig | HttpDestinationConfig | FhirDestinationConfig
+    | EinvoiceDestinationConfig,
     Field(discriminator="type"),
 ]
 
