@@ -122,6 +122,11 @@ class FhirServer:
             await asyncio.sleep(self.delay)
         if fault == "error":
             return _outcome(self.fault_status, "transient", "simulated server error")
+        if fault == "refuse":
+            # Kept-alive connections from before the outage are cut, like a restart would.
+            if request.transport is not None:
+                request.transport.abort()
+            raise web.HTTPServiceUnavailable()
         parts = [p for p in request.match_info["tail"].split("/") if p]
         try:
             if request.method == "GET":

@@ -26,7 +26,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def engine_config(tmp_path: Path, body: str, *, admin: bool = False) -> Config:
+def engine_config(
+    tmp_path: Path, body: str, *, admin: bool = False, admin_token: str | None = None
+) -> Config:
     """A config with the store in ``tmp_path``, fast retries, and the given channels."""
     text = textwrap.dedent(f"""
         mappings_dir = "{REPO / 'mappings'}"
@@ -35,6 +37,7 @@ def engine_config(tmp_path: Path, body: str, *, admin: bool = False) -> Config:
         [admin]
         enabled = {'true' if admin else 'false'}
         listen = "127.0.0.1:0"
+        {f'token = "{admin_token}"' if admin_token else ""}
         [retry]
         max_attempts = 5
         initial_delay = 0.05
