@@ -18,9 +18,11 @@ invoice returns the existing red note without writing another.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -86,6 +88,8 @@ class EinvoiceClient:
         self._session: aiohttp.ClientSession | None = None
         # Business numbers whose last issue attempt was in doubt (for ``after_doubt``).
         self._doubts: OrderedDict[str, None] = OrderedDict()
+        # busNo → its lock; an entry goes away when nobody holds or waits for it.
+        self._locks: dict[str, _KeyLock] = {}
 
     async def start(self) -> None:
         if self._session is None:
@@ -152,7 +156,7 @@ class EinvoiceClient:
                 check=settings.response_signature,
             )
         except ResponseInvalid as exc:
-            log.warning("e-invoice %s: untrusted answer: %s", operation, exc)
+            log.warning("e-invoice %s: untrusted answer: %s", operation, exc.reason)
             raise doubt(f"{operation}: untrusted answer: {exc}{hint}") from None
 
     def refusal(self, operation: str, answer: Answer) -> HisbridgeError:
@@ -189,6 +193,16 @@ class EinvoiceClient:
         """
         request.check_amounts()
         operation = self._op(kind)
+        # One attempt per busNo at a time in this process: two deliveries of the same
+        # settlement must not both find "no invoice yet" and both issue.
+        async with self._busy(request.bus_no):
+            try:
+                return await self._issue_once(operation, request)
+            except InDoubtError:
+                self._remember_doubt(request.bus_no)
+                raise
+
+    async def _issue_once(self, operation: str, request: IssueRequest) -> Issued:
         bus_no = request.bus_no
         if self._should_look_up(bus_no):
             found = await self.find_by_bus_no(bus_no, request.bus_date_time)
@@ -197,14 +211,10 @@ class EinvoiceClient:
                 log.info("e-invoice %s already issued as %s/%s", bus_no,
                          found.invoice.bill_batch_code, found.invoice.bill_no)
                 return found
-        try:
-            answer = await self.call(operation, request.wire(), moves_money=True)
-        except InDoubtError:
-            self._remember_doubt(bus_no)
-            raise
+        answer = await self.call(operation, request.wire(), moves_money=True)
         if answer.ok:
-            self._doubts.pop(bus_no, None)
             invoice = _read_answer(operation, answer, IssueResult, moves_money=True)
+            self._doubts.pop(bus_no, None)
             log.info("e-invoice %s issued as %s/%s", bus_no, invoice.bill_batch_code,
                      invoice.bill_no)
             return Issued(invoice, existing=False, data=answer.data)
@@ -218,6 +228,20 @@ class EinvoiceClient:
                 f"({answer.result}) but no invoice is found for it"
             )
         raise self.refusal(operation, answer)
+
+    @contextlib.asynccontextmanager
+    async def _busy(self, bus_no: str) -> AsyncIterator[None]:
+        entry = self._locks.get(bus_no)
+        if entry is None:
+            entry = self._locks[bus_no] = _KeyLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[bus_no]
 
     def _should_look_up(self, bus_no: str) -> bool:
         mode = self.settings.lookup_before_issue
@@ -291,6 +315,12 @@ class EinvoiceClient:
             payload["random"] = found.random
         value, data = await self._success("picture", payload, PictureLink)
         return Fetched(value, data)
+
+
+@dataclass(slots=True)
+class _KeyLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 class _TooLarge(Exception):

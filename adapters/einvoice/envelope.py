@@ -46,7 +46,18 @@ SignatureCheck = Literal["required", "if_present", "off"]
 
 
 class ResponseInvalid(Exception):
-    """The platform's answer is not one we can trust or read (bad signature, Base64, JSON)."""
+    """The platform's answer is not one we can trust or read (bad signature, Base64, JSON).
+
+    Attributes:
+        reason: what is wrong, safe to log.
+        claim: for an untrusted refusal, the result and text it claims (shown in the error,
+            not logged: platform texts may quote request values).
+    """
+
+    def __init__(self, reason: str, claim: str = "") -> None:
+        self.reason = reason
+        self.claim = claim
+        super().__init__(f"{reason} (it claims {claim})" if claim else reason)
 
 
 def _md5_upper(text: str) -> str:
@@ -142,7 +153,7 @@ def open_answer(
             raise
         # Not trusted, but worth showing: "it claims E0001 signature mismatch" is how a
         # wrong key shows up when the platform signs its refusals with the right one.
-        raise ResponseInvalid(f"{exc} (it claims {result}: {message[:200]})") from None
+        raise ResponseInvalid(exc.reason, f"{result}: {message[:200]}") from None
     if result != SUCCESS:
         return Answer(result, message)
     try:

@@ -3,6 +3,7 @@ broken Base64, 5xx, busy, latency. None may become a success or a second invoice
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +69,26 @@ async def test_a_careless_platform_without_lookup_does_double_invoice(
     finally:
         await client.close()
     assert len(await sim.ledger.bills_for("DOUBLE-1")) == 2
+
+
+async def test_concurrent_deliveries_of_one_settlement_issue_one_invoice(
+    make_simulator: Any, key_file: Any, make_issue: MakeIssue,
+) -> None:
+    sim: EinvoiceSimulator = await make_simulator(duplicate_bus_no="allow")
+    settings = EinvoicePlatformSettings.model_validate({
+        "url": sim.url, "appid": "HOSP0001", "key": f"file:{key_file[1]}"})
+    client = await _client(settings)
+    request = IssueRequest.model_validate(make_issue("SAME-1"))
+    try:
+        results = await asyncio.gather(*(client.issue("outpatient", request)
+                                         for _ in range(5)))
+    finally:
+        await client.close()
+    assert sorted(r.existing for r in results) == [False, True, True, True, True]
+    assert {r.invoice.bill_no for r in results} == {"0000000001"}
+    assert sim.requests[ISSUE_OP] == 1
+    assert len(await sim.ledger.bills_for("SAME-1")) == 1
+    assert client._locks == {}
 
 
 async def test_lost_answer_over_the_control_endpoint_yields_one_invoice(
