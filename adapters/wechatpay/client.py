@@ -1,0 +1,262 @@
+"""WeChat Pay v3 API client: native and JSAPI orders, query, close, refunds, trade bills.
+
+Every request carries the signed ``Authorization`` header; every answer but the bill file is
+verified (``Wechatpay-Signature`` with the platform key its serial names, 5-minute window)
+before a byte of it is believed. A money call (create, refund) that gets no verified answer
+raises ``InDoubtError``: ``adapters.payments.service`` queries before any retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import orjson
+
+from adapters.payments.bills import Bill, BillError
+from adapters.payments.errors import GatewayRejected
+from adapters.payments.model import (
+    Created,
+    Order,
+    OrderRequest,
+    RefundAnswer,
+    RefundRequest,
+    RefundState,
+    TradeAnswer,
+    TradeStatus,
+)
+from adapters.payments.signing import sign_sha256
+from adapters.payments.transport import HttpAnswer, call
+from adapters.wechatpay import crypto
+from adapters.wechatpay.bill import parse_trade_bill
+from adapters.wechatpay.settings import WechatPayCredentials, WechatPaySettings
+from engine.errors import InDoubtError, PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+TRADE_STATUS = {
+    "SUCCESS": TradeStatus.PAID,
+    "REFUND": TradeStatus.PAID,  # it was paid; refunds are tracked separately
+    "NOTPAY": TradeStatus.UNPAID,
+    "USERPAYING": TradeStatus.UNPAID,
+    "CLOSED": TradeStatus.CLOSED,
+    "REVOKED": TradeStatus.CLOSED,
+    "PAYERROR": TradeStatus.CLOSED,
+}
+REFUND_STATUS = {
+    "SUCCESS": RefundState.SUCCESS,
+    "PROCESSING": RefundState.PROCESSING,
+    "ABNORMAL": RefundState.PROCESSING,  # needs a person at the merchant platform; not final
+    "CLOSED": RefundState.FAILED,
+}
+_NOT_FOUND = ("ORDER_NOT_EXIST", "ORDERNOTEXIST", "RESOURCE_NOT_EXISTS")
+
+
+class WechatPayClient:
+    """A ``PaymentGateway`` for one WeChat Pay merchant account."""
+
+    name = "wechatpay"
+    repeatable_kinds = frozenset({"native", "jsapi"})
+
+    def __init__(self, settings: WechatPaySettings) -> None:
+        self.settings = settings
+        self._creds: WechatPayCredentials | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._base = settings.base_url.rstrip("/")
+
+    async def start(self) -> None:
+        self._creds = self.settings.credentials()
+        self._session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- orders ----------------------------------------------------------------------------
+
+    async def create(self, request: OrderRequest) -> Created:
+        """A native (QR ``code_url``) or JSAPI (``prepay_id``) order."""
+        body: dict[str, Any] = {
+            "appid": self.settings.appid,
+            "mchid": self.settings.mchid,
+            "description": request.description[:127],
+            "out_trade_no": request.out_trade_no,
+            "notify_url": self.settings.notify_url,
+            "amount": {"total": request.amount_fen, "currency": "CNY"},
+        }
+        if request.kind == "jsapi":
+            openid = request.extra.get("openid")
+            if not openid:
+                raise PermanentError("a JSAPI order needs the payer's openid")
+            body["payer"] = {"openid": openid}
+        elif request.kind != "native":
+            raise PermanentError(f"unsupported WeChat Pay order kind {request.kind!r}")
+        try:
+            data = await self._json("POST", f"/v3/pay/transactions/{request.kind}", body,
+                                    what="create order", money=True)
+        except GatewayRejected as exc:
+            if exc.code == "ORDERPAID":  # it exists and is paid: let the query tell us more
+                raise InDoubtError("order already paid at WeChat Pay; query it") from None
+            raise
+        if request.kind == "native":
+            return Created(extra={"code_url": _text(data, "code_url")})
+        return Created(extra={"prepay_id": _text(data, "prepay_id")})
+
+    async def query(self, order: Order) -> TradeAnswer | None:
+        path = (f"/v3/pay/transactions/out-trade-no/{quote(order.out_trade_no, safe='')}"
+                f"?mchid={quote(self.settings.mchid)}")
+        try:
+            data = await self._json("GET", path, None, what="query order", money=False)
+        except GatewayRejected as exc:
+            if exc.code in _NOT_FOUND:
+                return None
+            raise
+        state = _text(data, "trade_state")
+        if state not in TRADE_STATUS:
+            raise PermanentError(f"unknown trade_state {state!r}")
+        return TradeAnswer(
+            TRADE_STATUS[state],
+            _amount(data, "total"),
+            gateway_trade_no=str(data.get("transaction_id") or ""),
+            paid_at=str(data.get("success_time") or ""),
+        )
+
+    async def close_order(self, order: Order) -> None:
+        path = f"/v3/pay/transactions/out-trade-no/{quote(order.out_trade_no, safe='')}/close"
+        await self._json("POST", path, {"mchid": self.settings.mchid}, what="close order",
+                         money=False)
+
+    # -- refunds ---------------------------------------------------------------------------
+
+    async def refund(self, request: RefundRequest) -> RefundAnswer:
+        body = {
+            "out_trade_no": request.order.out_trade_no,
+            "out_refund_no": request.out_refund_no,
+            "reason": request.reason[:80] or None,
+            "notify_url": self.settings.notify_url,
+            "amount": {"refund": request.amount_fen, "total": request.order.amount_fen,
+                       "currency": "CNY"},
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        data = await self._json("POST", "/v3/refund/domestic/refunds", body, what="refund",
+                                money=True)
+        return _refund_answer(data)
+
+    async def query_refund(self, request: RefundRequest) -> RefundAnswer | None:
+        path = f"/v3/refund/domestic/refunds/{quote(request.out_refund_no, safe='')}"
+        try:
+            data = await self._json("GET", path, None, what="query refund", money=False)
+        except GatewayRejected as exc:
+            if exc.code in _NOT_FOUND:
+                return None
+            raise
+        return _refund_answer(data)
+
+    # -- bills -----------------------------------------------------------------------------
+
+    async def trade_bill(self, bill_date: str) -> Bill:
+        """Download the ``ALL`` trade bill of ``bill_date`` (``YYYY-MM-DD``), check its SHA-1
+        and parse it."""
+        info = await self._json("GET", f"/v3/bill/tradebill?bill_date={quote(bill_date)}"
+                                "&bill_type=ALL", None, what="trade bill", money=False)
+        url = _text(info, "download_url")
+        if info.get("hash_type") != "SHA1":
+            raise BillError(f"unsupported bill hash {info.get('hash_type')!r}")
+        parts = urlsplit(url)
+        canonical = parts.path + (f"?{parts.query}" if parts.query else "")
+        # The file answer is not signed; its integrity is the SHA-1 from the signed answer.
+        answer = await self._send("GET", canonical, "", what="download bill", money=False,
+                                  absolute=url)
+        if answer.status != 200:
+            raise TransientError(f"download bill: HTTP {answer.status}")
+        digest = hashlib.sha1(answer.body, usedforsecurity=False).hexdigest()
+        if digest != str(info.get("hash_value")).lower():
+            raise BillError("downloaded bill does not match its SHA-1")
+        return parse_trade_bill(answer.body)
+
+    # -- JSAPI -----------------------------------------------------------------------------
+
+    def jsapi_parameters(self, prepay_id: str) -> dict[str, str]:
+        """What the payer's page passes to ``WeixinJSBridge`` to pay a JSAPI order."""
+        assert self._creds is not None, "start() first"
+        ts = str(int(time.time()))
+        nonce = secrets.token_hex(16)
+        package = f"prepay_id={prepay_id}"
+        message = f"{self.settings.appid}\n{ts}\n{nonce}\n{package}\n"
+        return {"appId": self.settings.appid, "timeStamp": ts, "nonceStr": nonce,
+                "package": package, "signType": "RSA",
+                "paySign": sign_sha256(self._creds.merchant_key, message.encode())}
+
+    # -- the wire --------------------------------------------------------------------------
+
+    async def _send(self, method: str, path: str, body: str, *, what: str, money: bool,
+                    absolute: str | None = None) -> HttpAnswer:
+        if self._session is None or self._creds is None:
+            raise TransientError("WeChat Pay client is not started")
+        headers = {
+            "Authorization": crypto.authorization(
+                mchid=self.settings.mchid, serial_no=self.settings.merchant_serial,
+                key=self._creds.merchant_key, method=method, canonical_url=path, body=body),
+            "Accept": "application/json",
+            "User-Agent": "hisbridge-wechatpay/1",
+        }
+        if body:
+            headers["Content-Type"] = "application/json"
+        return await call(self._session, method, absolute or self._base + path, what=what,
+                          money=money, deadline=self.settings.timeout,
+                          data=body.encode("utf-8") if body else None, headers=headers)
+
+    async def _json(self, method: str, path: str, payload: dict[str, Any] | None, *,
+                    what: str, money: bool) -> dict[str, Any]:
+        body = orjson.dumps(payload).decode("utf-8") if payload is not None else ""
+        answer = await self._send(method, path, body, what=what, money=money)
+        doubt = InDoubtError if money else TransientError
+        if answer.status >= 500 or answer.status == 429:
+            # SYSTEM_ERROR and friends: the request may have been applied.
+            raise doubt(f"{what}: HTTP {answer.status} from WeChat Pay")
+        assert self._creds is not None
+        signed = crypto.SignedHeaders.from_headers(answer.headers)
+        refusal = "unsigned" if signed is None else crypto.check_signature(
+            self._creds.platform, signed, answer.body)
+        if refusal is not None:
+            log.warning("WeChat Pay answer not verified: call=%s reason=%s", what, refusal)
+            raise doubt(f"{what}: answer signature not verified ({refusal})")
+        try:
+            data = orjson.loads(answer.body) if answer.body else {}
+        except orjson.JSONDecodeError:
+            raise doubt(f"{what}: answer is not JSON") from None
+        if not isinstance(data, dict):
+            raise doubt(f"{what}: answer is not a JSON object")
+        if answer.status >= 400:
+            code = str(data.get("code") or f"HTTP{answer.status}")
+            raise GatewayRejected(str(data.get("message") or "refused")[:200], code=code)
+        return data
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise PermanentError(f"WeChat Pay answer lacks {name}")
+    return value
+
+
+def _amount(data: dict[str, Any], name: str) -> int:
+    amount = data.get("amount")
+    value = amount.get(name) if isinstance(amount, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise PermanentError(f"WeChat Pay answer lacks amount.{name}")
+    return value
+
+
+def _refund_answer(data: dict[str, Any]) -> RefundAnswer:
+    status = _text(data, "status")
+    if status not in REFUND_STATUS:
+        raise PermanentError(f"unknown refund status {status!r}")
+    return RefundAnswer(REFUND_STATUS[status], _amount(data, "refund"),
+                        gateway_refund_no=str(data.get("refund_id") or ""))

@@ -1,0 +1,386 @@
+"""WeChat Pay end to end: our client and callback source against the simulator, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from adapters.payments.bills import BillError
+from adapters.payments.errors import RefundExceedsPaid
+from adapters.payments.model import OrderRequest, OrderState, RefundState, Submit
+from adapters.payments.notify import PaymentNotifySource
+from adapters.payments.service import PaymentService
+from adapters.payments.signing import new_private_key, private_pem
+from adapters.payments.source import PaymentNotifyConfig
+from adapters.payments.store import PaymentStore
+from adapters.wechatpay.bill import parse_trade_bill
+from adapters.wechatpay.client import WechatPayClient
+from adapters.wechatpay.settings import WechatPaySettings
+from engine.database import Database
+from engine.errors import TransientError
+from engine.settings import Secret
+from simulators.payments.control import SimControl
+from simulators.payments.core import CHINA
+from simulators.payments.wechatpay import WechatPaySimulator
+
+MCHID, APPID = "1900000001", "wxd678efh567hg6787"
+
+
+@dataclass
+class Rig:
+    sim: WechatPaySimulator
+    control: SimControl
+    source: PaymentNotifySource
+    client: WechatPayClient
+    service: PaymentService
+    store: PaymentStore
+    channel: Any
+    apiv3: str
+    merchant_pem: str
+
+    async def state(self, no: str) -> OrderState | None:
+        order = await self.store.order("wechatpay", no)
+        return None if order is None else order.state
+
+
+@pytest.fixture
+async def wx(tmp_path: Path, db: Database, http: aiohttp.ClientSession,
+             channel: Any) -> AsyncIterator[Rig]:
+    merchant = new_private_key()
+    apiv3 = secrets.token_hex(16)
+    sim = WechatPaySimulator(mchid=MCHID, appid=APPID, merchant_public_key=merchant.public_key(),
+                             apiv3_key=apiv3.encode(), time_factor=0.001)
+    await sim.start()
+    keys = tmp_path / "keys"
+    files = sim.write_keys(keys)
+    (keys / "merchant.pem").write_text(private_pem(merchant))
+    settings = WechatPaySettings(
+        mchid=MCHID, appid=APPID, merchant_serial="3775B6A45ACD588826D15E583A95F5DD",
+        merchant_private_key=Secret(f"file:{keys / 'merchant.pem'}"),
+        apiv3_key=Secret(f"file:{files['apiv3_key']}"),
+        platform_certificates=[Secret(f"file:{files['platform_certificate']}")],
+        base_url=sim.url, timeout=2.0,
+    )
+    config = PaymentNotifyConfig(type="payment_notify", gateway="wechatpay",
+                                 listen="127.0.0.1:0", path="/notify/wechatpay",
+                                 wechatpay=settings)
+    source = config.build("payments")
+    source.use_database(db)
+    await source.start(channel)
+    client = WechatPayClient(settings.model_copy(update={"notify_url": source.url}))
+    await client.start()
+    store = PaymentStore(db)
+    rig = Rig(sim, SimControl(sim.url, http), source, client, PaymentService(client, store),
+              store, channel, apiv3, private_pem(merchant))
+    yield rig
+    await client.close()
+    await source.stop()
+    await sim.stop()
+
+
+async def test_create_pay_notify_query_refund_refund_notify(wx: Rig, eventually: Any) -> None:
+    order = await wx.service.create_order("WX20240001", 1230, "门诊缴费", "native")
+    assert order.submit is Submit.ACCEPTED
+    assert order.state is OrderState.CREATED
+    assert order.extra["code_url"] == "weixin://wxpay/bizpayurl?pr=WX20240001"
+
+    await wx.control.pay("WX20240001")
+    await eventually(lambda: _is(wx, "WX20240001", OrderState.PAID))
+    assert len(wx.channel.messages) == 1
+    message = wx.channel.messages[0]
+    event = orjson.loads(message.body)
+    assert event["event"] == "payment"
+    assert event["amount_fen"] == 1230
+    assert event["amount"] == "12.30"
+    assert event["order_state"] == "paid"
+    assert message.dedup_key == "wechatpay:payment:WX20240001:ok"
+    assert message.correlation_id == "WX20240001"
+
+    synced = await wx.service.sync("WX20240001")
+    assert synced.state is OrderState.PAID
+    assert synced.gateway_trade_no.startswith("4200")
+
+    first = await wx.service.refund("WX20240001", "WX20240001R1", 230, "部分退费")
+    assert first.state in (RefundState.PROCESSING, RefundState.SUCCESS)
+    await eventually(lambda: _refund_is(wx, "WX20240001R1", RefundState.SUCCESS))
+    order = await _order(wx, "WX20240001")
+    assert order.state is OrderState.PAID
+    assert order.refunded_fen == 230
+
+    await wx.service.refund("WX20240001", "WX20240001R2", 1000)
+    await eventually(lambda: _is(wx, "WX20240001", OrderState.REFUNDED))
+    order = await _order(wx, "WX20240001")
+    assert order.refunded_fen == 1230
+    moves = [(t.from_state, t.to_state) for t in await wx.store.transitions("wechatpay",
+                                                                             "WX20240001")]
+    assert moves == [("created", "paid"), ("paid", "refunding"), ("refunding", "paid"),
+                     ("paid", "refunding"), ("refunding", "refunded")]
+    await eventually(lambda: _count(wx, 3))
+    kinds = [orjson.loads(m.body)["event"] for m in wx.channel.messages]
+    assert kinds == ["payment", "refund", "refund"]
+    stats = await wx.control.stats()
+    assert stats["charges"] == 1
+    assert stats["refunds_created"] == 2
+    assert stats["refunded_fen"] == 1230
+
+
+async def test_notification_replayed_15_times_changes_the_order_once(wx: Rig,
+                                                                      eventually: Any) -> None:
+    await wx.control.faults(duplicate_notifications=15)
+    await wx.service.create_order("WX20240002", 500, "检查费", "native")
+    await wx.control.pay("WX20240002")
+
+    async def all_delivered() -> bool:
+        records = await wx.control.notifications()
+        return len(records) == 1 and records[0]["delivered"] == 15
+
+    await eventually(all_delivered)
+    moves = await wx.store.transitions("wechatpay", "WX20240002")
+    assert [(t.from_state, t.to_state) for t in moves] == [("created", "paid")]
+    assert len(await wx.store.events("wechatpay", "WX20240002")) == 1
+    assert wx.channel.calls == 1
+    assert (await wx.control.stats())["charges"] == 1
+
+
+async def test_forged_stale_unknown_and_wrong_amount_callbacks_are_refused(
+        wx: Rig, http: aiohttp.ClientSession) -> None:
+    await wx.service.create_order("WX20240003", 1000, "药费", "native")
+    url = wx.source.url
+    cases = {
+        "bad_signature": {"forge": True},
+        "stale": {"skew": -301},
+        "unknown_order": {"out_trade_no": "WX-NOT-OURS"},
+        "amount_mismatch": {"amount": 1},
+        "undecryptable": {"wrong_key": True},
+        "wrong_merchant": {"mchid": "1999999999"},
+    }
+    for reason, fields in cases.items():
+        answer = await wx.control.notify(url=url, **{"out_trade_no": "WX20240003", **fields})
+        assert answer["status"] == 400, reason
+        assert orjson.loads(answer["body"]) == {"code": "FAIL", "message": reason}
+    async with http.post(url, data=b'{"id":"x"}') as resp:
+        assert resp.status == 400
+    async with http.post(url, data=b"x" * 70_000) as resp:
+        assert resp.status == 400
+    audits = await wx.store.audits("wechatpay")
+    assert [a.reason for a in audits] == [*cases, "missing_signature", "too_large"]
+    assert audits[2].out_trade_no == "WX-NOT-OURS"
+    assert all(a.remote == "127.0.0.1" for a in audits)
+    assert await wx.state("WX20240003") is OrderState.CREATED
+    assert await wx.store.transitions("wechatpay", "WX20240003") == []
+    assert wx.channel.messages == []
+    # Four minutes 59 seconds old is still inside WeChat Pay's window.
+    answer = await wx.control.notify(url=url, out_trade_no="WX20240003", skew=-299)
+    assert answer["status"] == 200
+    assert await wx.state("WX20240003") is OrderState.PAID
+
+
+async def test_lost_create_response_is_resolved_by_query_with_one_charge(
+        wx: Rig, eventually: Any) -> None:
+    await wx.control.faults(drop_after_commit=1)
+    order = await wx.service.create_order("WX20240004", 880, "住院预交金", "native")
+    assert order.submit is Submit.ACCEPTED  # found by the query, not created twice
+    assert order.extra["code_url"].endswith("WX20240004")
+    stats = await wx.control.stats()
+    assert stats["orders_created"] == 1
+    assert stats["query_calls"] == 1
+    await wx.control.pay("WX20240004")
+    await eventually(lambda: _is(wx, "WX20240004", OrderState.PAID))
+    stats = await wx.control.stats()
+    assert stats["charges"] == 1
+    assert stats["orders_created"] == 1
+
+
+async def test_5xx_on_create_is_queried_then_sent_once_more(wx: Rig) -> None:
+    await wx.control.faults(fail_5xx=1)
+    order = await wx.service.create_order("WX20240005", 100, "挂号费", "jsapi",
+                                          {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"})
+    assert order.submit is Submit.ACCEPTED
+    assert order.extra["prepay_id"].startswith("wx")
+    assert (await wx.control.stats())["orders_created"] == 1
+    params = wx.client.jsapi_parameters(order.extra["prepay_id"])
+    assert params["package"] == "prepay_id=" + order.extra["prepay_id"]
+    assert params["signType"] == "RSA"
+
+
+async def test_stored_order_is_queried_before_it_is_sent_again(wx: Rig) -> None:
+    # A previous process stored the order and sent it, then died before the answer.
+    request = OrderRequest("WX20240006", 300, "治疗费", "native", 1.0)
+    await wx.store.create_order("wechatpay", request)
+    await wx.client.create(request)
+    order = await wx.service.create_order("WX20240006", 300, "治疗费", "native")
+    assert order.submit is Submit.ACCEPTED
+    stats = await wx.control.stats()
+    assert stats["query_calls"] == 1  # queried first; then, unpaid, asked again for the QR
+    assert stats["orders_created"] == 1
+    assert order.extra["code_url"].endswith("WX20240006")
+
+
+async def test_create_that_cannot_connect_stays_pending(wx: Rig) -> None:
+    await wx.sim.stop()
+    with pytest.raises(TransientError, match="cannot connect"):
+        await wx.service.create_order("WX20240014", 300, "治疗费", "native")
+    order = await _order(wx, "WX20240014")
+    assert order.submit is Submit.PENDING  # stored before the call
+
+
+async def test_lost_refund_response_is_resolved_by_query(wx: Rig, eventually: Any) -> None:
+    await _paid(wx, "WX20240007", 1000, eventually)
+    await wx.control.faults(drop_after_commit=1)
+    refund = await wx.service.refund("WX20240007", "WX20240007R1", 400)
+    assert refund.state in (RefundState.PROCESSING, RefundState.SUCCESS)
+    assert (await wx.control.stats())["refunds_created"] == 1
+    await eventually(lambda: _refund_is(wx, "WX20240007R1", RefundState.SUCCESS))
+    assert (await wx.control.stats())["refunded_fen"] == 400
+
+
+async def test_concurrent_refunds_never_exceed_the_payment(wx: Rig, eventually: Any) -> None:
+    await _paid(wx, "WX20240008", 1000, eventually)
+    results = await asyncio.gather(
+        *(wx.service.refund("WX20240008", f"WX20240008R{i}", 300) for i in range(5)),
+        return_exceptions=True)
+    refused = [r for r in results if isinstance(r, RefundExceedsPaid)]
+    assert len(refused) == 2
+    assert (await wx.control.stats())["refunds_created"] == 3
+    await eventually(lambda: _sim_refunded(wx, 900))
+    with pytest.raises(RefundExceedsPaid):
+        await wx.service.refund("WX20240008", "WX20240008R9", 101)
+    await wx.service.refund("WX20240008", "WX20240008R10", 100)
+    await eventually(lambda: _is(wx, "WX20240008", OrderState.REFUNDED))
+    assert (await wx.control.stats())["refunded_fen"] == 1000
+    # The same refund again is the same refund, not a second one.
+    again = await wx.service.refund("WX20240008", "WX20240008R10", 100)
+    assert again.state is RefundState.SUCCESS
+    assert (await wx.control.stats())["refunds_created"] == 4
+
+
+async def test_refund_notice_before_payment_notice(wx: Rig, eventually: Any) -> None:
+    await wx.control.faults(refund_before_payment=True)
+    await wx.service.create_order("WX20240009", 2000, "手术费", "native")
+    await wx.control.pay("WX20240009")
+    order = await wx.service.sync("WX20240009")  # the notice is held back: learn it by query
+    assert order.state is OrderState.PAID
+    await wx.service.refund("WX20240009", "WX20240009R1", 2000)
+    await eventually(lambda: _is(wx, "WX20240009", OrderState.REFUNDED))
+
+    async def both_delivered() -> bool:
+        return all(r["delivered"] >= 1 for r in await wx.control.notifications())
+
+    await eventually(both_delivered)
+    await eventually(lambda: _count(wx, 2))
+    kinds = [orjson.loads(m.body)["event"] for m in wx.channel.messages]
+    assert kinds == ["refund", "payment"]
+    moves = await wx.store.transitions("wechatpay", "WX20240009")
+    assert [(t.from_state, t.to_state) for t in moves] == [
+        ("created", "paid"), ("paid", "refunding"), ("refunding", "refunded")]
+
+
+async def test_trade_bill_parses_to_the_simulator_totals(wx: Rig, eventually: Any) -> None:
+    for no, amount in (("WX20240010", 1230), ("WX20240011", 1), ("WX20240012", 99999)):
+        await _paid(wx, no, amount, eventually)
+    await wx.service.refund("WX20240012", "WX20240012R1", 12345)
+    await eventually(lambda: _refund_is(wx, "WX20240012R1", RefundState.SUCCESS))
+    totals = await wx.control.bill_totals()
+    bill = await wx.client.trade_bill(totals["date"])
+    assert bill.totals.lines == totals["lines"] == 4
+    assert bill.totals.paid == Decimal(totals["paid"]) == Decimal("1012.30")
+    assert bill.totals.refunded == Decimal(totals["refunded"]) == Decimal("123.45")
+    assert bill.totals.fees == Decimal(totals["fees"])
+    assert {line.out_trade_no for line in bill.lines} == {"WX20240010", "WX20240011",
+                                                          "WX20240012"}
+    refund_line = next(x for x in bill.lines if x.kind == "refund")
+    assert refund_line.out_refund_no == "WX20240012R1"
+    empty = await wx.client.trade_bill((dt.datetime.now(CHINA) - dt.timedelta(days=3))
+                                       .date().isoformat())
+    assert empty.totals.lines == 0
+
+
+def test_trade_bill_parser_rejects_inconsistent_or_malformed_bills() -> None:
+    sim = WechatPaySimulator.__new__(WechatPaySimulator)
+    sim.appid, sim.mchid, sim.ledger = APPID, MCHID, []
+    good = sim.bill_csv("2024-05-01")
+    assert good.startswith(b"\xef\xbb\xbf")
+    assert parse_trade_bill(good).totals.lines == 0
+    with pytest.raises(BillError, match="header"):
+        parse_trade_bill(b"a,b,c\n")
+    with pytest.raises(BillError, match="UTF-8"):
+        parse_trade_bill("交易时间".encode("gbk"))
+    with pytest.raises(BillError, match="summary"):
+        parse_trade_bill(good.split("总交易单数".encode())[0])
+    lying = good.replace(b"`0.0,`0.00,`0.00", b"`1.0,`0.00,`0.00")
+    with pytest.raises(BillError, match="do not add up"):
+        parse_trade_bill(lying)
+    with pytest.raises(BillError, match="not a number"):
+        parse_trade_bill(good.replace(b"`0.00,`0.00,`0.0", b"`x,`0.00,`0.0"))
+
+
+async def test_logs_hold_no_key_material(wx: Rig, eventually: Any,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    await wx.control.faults(drop_after_commit=1)
+    await _paid(wx, "WX20240013", 700, eventually)
+    await wx.control.notify(url=wx.source.url, out_trade_no="WX20240013", forge=True)
+    text = caplog.text
+    assert "in doubt" in text  # the logs did record something
+    assert wx.apiv3 not in text
+    body = "".join(wx.merchant_pem.splitlines()[1:-1])
+    assert body[:40] not in text
+    assert "PRIVATE KEY" not in text
+
+
+def test_notify_config_requires_the_gateway_account_and_references() -> None:
+    base = {"type": "payment_notify", "gateway": "wechatpay"}
+    with pytest.raises(ValueError, match="wechatpay"):
+        PaymentNotifyConfig.model_validate(base)
+    account = {"mchid": MCHID, "appid": APPID, "merchant_serial": "1",
+               "merchant_private_key": "-----BEGIN PRIVATE KEY-----",
+               "apiv3_key": "${WX_APIV3}", "platform_certificates": ["file:/x.pem"]}
+    with pytest.raises(ValueError, match="by reference"):
+        PaymentNotifyConfig.model_validate({**base, "wechatpay": account})
+    account["merchant_private_key"] = "file:/etc/merchant.pem"
+    config = PaymentNotifyConfig.model_validate({**base, "wechatpay": account})
+    assert config.path == "/notify"
+    assert "file:/etc/merchant.pem" in repr(config)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+async def _order(wx: Rig, no: str) -> Any:
+    order = await wx.store.order("wechatpay", no)
+    assert order is not None
+    return order
+
+
+async def _is(wx: Rig, no: str, state: OrderState) -> bool:
+    return await wx.state(no) is state
+
+
+async def _refund_is(wx: Rig, no: str, state: RefundState) -> bool:
+    refund = await wx.store.refund("wechatpay", no)
+    return refund is not None and refund.state is state
+
+
+async def _count(wx: Rig, n: int) -> bool:
+    return len(wx.channel.messages) >= n
+
+
+async def _sim_refunded(wx: Rig, fen: int) -> bool:
+    return (await wx.control.stats())["refunded_fen"] == fen
+
+
+async def _paid(wx: Rig, no: str, amount: int, eventually: Any) -> None:
+    await wx.service.create_order(no, amount, "费用", "native")
+    await wx.control.pay(no)
+    await eventually(lambda: _is(wx, no, OrderState.PAID))
