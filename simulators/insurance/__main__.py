@@ -1,0 +1,5 @@
+import sys
+
+from simulators.insurance.app import main
+
+sys.exit(main())
