@@ -20,11 +20,14 @@ from adapters.einvoice import EinvoiceDestinationConfig
 from adapters.fhir import FhirDestinationConfig
 from adapters.http import HttpDestinationConfig, HttpSourceConfig
 from adapters.mllp import MllpDestinationConfig, MllpSourceConfig
+from adapters.nhsa import NhsaDestinationConfig
+from adapters.soap import SoapDestinationConfig
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from engine.errors import ConfigError
 from engine.retry import RetryPolicy
 from engine.settings import FilterConfig, FilterRule, HostPort, Model, Secret
+from queues.rabbitmq.config import RabbitQueueConfig
 
 SourceConfig = Annotated[
     MllpSourceConfig | HttpSourceConfig,
@@ -32,7 +35,9 @@ SourceConfig = Annotated[
 ]
 DestinationConfig = Annotated[
     MllpDestinationConfig | HttpDestinationConfig | FhirDestinationConfig
-    | EinvoiceDestinationConfig,
+    | EinvoiceDestinationConfig
+    | NhsaDestinationConfig
+    | SoapDestinationConfig,
     Field(discriminator="type"),
 ]
 
@@ -50,7 +55,7 @@ class SqliteQueueConfig(Model):
     max_depth: int = Field(default=1_000_000, ge=1)
 
 
-QueueConfig = Annotated[SqliteQueueConfig, Field(discriminator="backend")]
+QueueConfig = Annotated[SqliteQueueConfig | RabbitQueueConfig, Field(discriminator="backend")]
 
 
 class AdminConfig(Model):
