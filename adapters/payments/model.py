@@ -173,7 +173,8 @@ class PaymentEvent:
     Attributes:
         amount_fen: the order total as the gateway states it (checked against ours).
         succeeded: False for a failed payment or a failed / closed refund.
-        refund_fen: the refund amount (refund events).
+        refund_fen: the refund amount (refund events), 0 when the gateway states only the
+            cumulative amount refunded on the order (``refunded_total_fen``, Alipay).
         card: a masked card number, when the gateway names one.
         source: ``notify`` (callback), ``query`` or ``response`` (a synchronous answer).
     """
@@ -186,6 +187,7 @@ class PaymentEvent:
     gateway_trade_no: str = ""
     out_refund_no: str = ""
     refund_fen: int = 0
+    refunded_total_fen: int | None = None
     gateway_refund_no: str = ""
     occurred_at: str = ""
     notify_id: str = ""

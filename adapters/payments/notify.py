@@ -209,7 +209,7 @@ class PaymentNotifySource:
         if not result.forwarded:
             try:
                 state = result.order.state.value if result.order is not None else ""
-                await self._ingest(self._message(event, state))
+                await self._ingest(self._message(result.event or event, state))
                 await self.store.mark_forwarded(self.gateway, event.key)
             except (TransientError, StoreUnavailable) as exc:
                 log.warning("payment event stored but not yet taken by the channel, the "

@@ -26,6 +26,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from adapters.alipay.notify import AlipayNotifyVerifier
+from adapters.alipay.settings import AlipaySettings
 from adapters.payments.notify import NotifyVerifier, PaymentNotifySource
 from adapters.wechatpay.notify import WechatPayNotifyVerifier
 from adapters.wechatpay.settings import WechatPaySettings
@@ -53,17 +55,20 @@ class PaymentNotifyConfig(Model):
     database: str = "data/hisbridge.db"
     max_body: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     wechatpay: WechatPaySettings | None = None
+    alipay: AlipaySettings | None = None
 
     @model_validator(mode="after")
     def _account_of_gateway(self) -> PaymentNotifyConfig:
-        given = [g for g in ("wechatpay",) if getattr(self, g) is not None]
+        given = [g for g in ("wechatpay", "alipay") if getattr(self, g) is not None]
         if given != [self.gateway]:
             raise ValueError(f"give the [{self.gateway}] account table (and only that one)")
         return self
 
     def verifier(self) -> NotifyVerifier:
-        assert self.wechatpay is not None
-        return WechatPayNotifyVerifier(self.wechatpay)
+        if self.wechatpay is not None:
+            return WechatPayNotifyVerifier(self.wechatpay)
+        assert self.alipay is not None
+        return AlipayNotifyVerifier(self.alipay)
 
     def build(self, channel: str) -> PaymentNotifySource:
         return PaymentNotifySource(channel=channel, verifier=self.verifier(), listen=self.listen,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -122,6 +122,9 @@ class ApplyResult:
     reason: str = ""
     order: Order | None = None
     forwarded: bool = False
+    event: PaymentEvent | None = None
+    """The event as stored (a refund's own amount filled in when the gateway gave only the
+    cumulative refunded amount)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,16 +508,24 @@ def _apply(conn: sqlite3.Connection, event: PaymentEvent, remote: str | None) ->
         if refund is None or refund.out_trade_no != order.out_trade_no:
             return _reject(conn, event, remote, "unknown_refund",
                            f"refund {event.source} for a refund we did not request")
-        if event.refund_fen != refund.amount_fen:
+        if event.refund_fen and event.refund_fen != refund.amount_fen:
             return _reject(conn, event, remote, "amount_mismatch",
                            f"refund {event.source} states {event.refund_fen} fen, "
                            f"the refund is {refund.amount_fen} fen")
+        total = event.refunded_total_fen
+        if not event.refund_fen and (total is None
+                                     or not refund.amount_fen <= total <= order.amount_fen):
+            return _reject(conn, event, remote, "amount_mismatch",
+                           f"refund {event.source} states {total} fen refunded in all, "
+                           f"the refund is {refund.amount_fen} of {order.amount_fen} fen")
+        event = replace(event, refund_fen=refund.amount_fen)
     seen = conn.execute(
         "SELECT forwarded FROM pay_events WHERE gateway = ? AND event_key = ?",
         (event.gateway, event.key),
     ).fetchone()
     if seen is not None:
-        return ApplyResult(Applied.DUPLICATE, event.key, order=order, forwarded=bool(seen[0]))
+        return ApplyResult(Applied.DUPLICATE, event.key, order=order, forwarded=bool(seen[0]),
+                           event=event)
 
     changed = False
     if refund is not None:
@@ -539,4 +550,5 @@ def _apply(conn: sqlite3.Connection, event: PaymentEvent, remote: str | None) ->
          orjson.dumps(event.as_json()), time.time()),
     )
     return ApplyResult(Applied.CHANGED if changed else Applied.UNCHANGED, event.key,
-                       order=_require_order(conn, event.gateway, event.out_trade_no))
+                       order=_require_order(conn, event.gateway, event.out_trade_no),
+                       event=event)

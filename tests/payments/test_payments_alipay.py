@@ -1,0 +1,283 @@
+"""Alipay end to end: our client and callback source against the simulator, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import zipfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from adapters.alipay.bill import parse_bill_zip
+from adapters.alipay.client import AlipayClient
+from adapters.alipay.settings import AlipaySettings
+from adapters.payments.bills import BillError
+from adapters.payments.errors import GatewayRejected, RefundExceedsPaid
+from adapters.payments.model import OrderState, RefundState, Submit
+from adapters.payments.notify import PaymentNotifySource
+from adapters.payments.service import PaymentService
+from adapters.payments.signing import new_private_key, private_pem
+from adapters.payments.source import PaymentNotifyConfig
+from adapters.payments.store import PaymentStore
+from engine.database import Database
+from engine.settings import Secret
+from simulators.payments.alipay import AlipaySimulator
+from simulators.payments.control import SimControl
+
+APP_ID, SELLER = "2021004100000001", "2088621000000001"
+AUTH_CODE = "286543210987654321"
+
+
+@dataclass
+class Rig:
+    sim: AlipaySimulator
+    control: SimControl
+    source: PaymentNotifySource
+    client: AlipayClient
+    service: PaymentService
+    store: PaymentStore
+    channel: Any
+
+    async def is_(self, no: str, state: OrderState) -> bool:
+        order = await self.store.order("alipay", no)
+        return order is not None and order.state is state
+
+
+@pytest.fixture
+async def ali(tmp_path: Path, db: Database, http: aiohttp.ClientSession,
+              channel: Any) -> AsyncIterator[Rig]:
+    app_key = new_private_key()
+    sim = AlipaySimulator(app_id=APP_ID, seller_id=SELLER, app_public_key=app_key.public_key(),
+                          time_factor=0.001)
+    await sim.start()
+    files = sim.write_keys(tmp_path / "keys")
+    (tmp_path / "keys" / "app.pem").write_text(private_pem(app_key))
+    settings = AlipaySettings(
+        app_id=APP_ID, seller_id=SELLER,
+        app_private_key=Secret(f"file:{tmp_path / 'keys' / 'app.pem'}"),
+        alipay_public_key=Secret(f"file:{files['alipay_public_key']}"),
+        gateway_url=sim.gateway_url, timeout=2.0)
+    source = PaymentNotifyConfig(type="payment_notify", gateway="alipay", listen="127.0.0.1:0",
+                                 path="/notify/alipay", alipay=settings).build("payments")
+    source.use_database(db)
+    await source.start(channel)
+    client = AlipayClient(settings.model_copy(update={"notify_url": source.url}))
+    await client.start()
+    store = PaymentStore(db)
+    yield Rig(sim, SimControl(sim.url, http), source, client, PaymentService(client, store),
+              store, channel)
+    await client.close()
+    await source.stop()
+    await sim.stop()
+
+
+async def test_precreate_pay_notify_query_refund_refund_notify(ali: Rig,
+                                                               eventually: Any) -> None:
+    order = await ali.service.create_order("AL20240001", 1230, "门诊缴费", "precreate")
+    assert order.extra["qr_code"] == "https://qr.alipay.com/simAL20240001"
+    await ali.control.pay("AL20240001")
+    await eventually(lambda: ali.is_("AL20240001", OrderState.PAID))
+    assert orjson.loads(ali.channel.messages[0].body)["amount"] == "12.30"
+
+    order = await ali.service.sync("AL20240001")
+    assert order.state is OrderState.PAID
+    assert order.gateway_trade_no.endswith(order.gateway_trade_no[-8:])
+
+    refund = await ali.service.refund("AL20240001", "AL20240001R1", 300, "退一项检查")
+    assert refund.state is RefundState.SUCCESS  # Alipay refunds synchronously
+    order = await ali.service.sync("AL20240001")
+    assert order.refunded_fen == 300
+    assert order.state is OrderState.PAID
+    await ali.service.refund("AL20240001", "AL20240001R2", 930)
+    order = await ali.service.sync("AL20240001")  # TRADE_CLOSED after a full refund: still paid
+    assert order.state is OrderState.REFUNDED
+
+    async def three() -> bool:
+        return len(ali.channel.messages) == 3
+
+    await eventually(three)
+    events = [orjson.loads(m.body) for m in ali.channel.messages]
+    assert [e["event"] for e in events] == ["payment", "refund", "refund"]
+    assert [e.get("refund_fen") for e in events[1:]] == [300, 930]
+    moves = await ali.store.transitions("alipay", "AL20240001")
+    assert [(t.from_state, t.to_state) for t in moves] == [
+        ("created", "paid"), ("paid", "refunding"), ("refunding", "paid"),
+        ("paid", "refunding"), ("refunding", "refunded")]
+    stats = await ali.control.stats()
+    assert stats["charges"] == 1
+    assert stats["refunds_created"] == 2
+
+
+async def test_barcode_pay_with_lost_response_ends_paid_with_one_charge(
+        ali: Rig, eventually: Any) -> None:
+    await ali.control.faults(drop_after_commit=1)
+    order = await ali.service.create_order("AL20240002", 4560, "药费", "barcode",
+                                           {"auth_code": AUTH_CODE})
+    assert order.state is OrderState.PAID
+    assert order.submit is Submit.ACCEPTED
+    stats = await ali.control.stats()
+    assert stats["charges"] == 1
+    assert stats["query_calls"] == 1
+    await eventually(lambda: _messages(ali, 1))
+    await ali.sim.notifier.idle()
+    moves = await ali.store.transitions("alipay", "AL20240002")
+    # Whichever came first, the query or the notify, the order moved once.
+    assert [(t.from_state, t.to_state) for t in moves] == [("created", "paid")]
+    assert len(ali.channel.messages) == 1
+
+
+async def test_barcode_pay_answered_directly(ali: Rig) -> None:
+    order = await ali.service.create_order("AL20240003", 100, "挂号费", "barcode",
+                                           {"auth_code": AUTH_CODE})
+    assert order.state is OrderState.PAID
+    moves = await ali.store.transitions("alipay", "AL20240003")
+    assert len(moves) == 1
+    assert moves[0].cause in ("paid (response)", "paid (notify)")
+    with pytest.raises(GatewayRejected, match="AUTH_CODE_INVALID"):
+        await ali.service.create_order("AL20240004", 100, "挂号费", "barcode",
+                                       {"auth_code": "123"})
+    assert (await ali.store.order("alipay", "AL20240004")).state is OrderState.CLOSED
+
+
+async def test_unavailable_gateway_on_precreate_is_queried_then_sent_again(ali: Rig) -> None:
+    await ali.control.faults(fail_5xx=1)  # code 20000: the outcome is unknown
+    order = await ali.service.create_order("AL20240005", 990, "检验费", "precreate")
+    assert order.submit is Submit.ACCEPTED
+    stats = await ali.control.stats()
+    assert stats["query_calls"] == 1
+    assert stats["orders_created"] == 1
+
+
+async def test_notify_replayed_15_times_changes_the_order_once(ali: Rig,
+                                                               eventually: Any) -> None:
+    await ali.control.faults(duplicate_notifications=15)
+    await ali.service.create_order("AL20240006", 700, "治疗费", "precreate")
+    await ali.control.pay("AL20240006")
+
+    async def delivered() -> bool:
+        records = await ali.control.notifications()
+        return bool(records) and records[0]["delivered"] == 15
+
+    await eventually(delivered)
+    moves = await ali.store.transitions("alipay", "AL20240006")
+    assert [(t.from_state, t.to_state) for t in moves] == [("created", "paid")]
+    assert ali.channel.calls == 1
+
+
+async def test_forged_unknown_and_wrong_amount_notifies_are_refused(
+        ali: Rig, http: aiohttp.ClientSession) -> None:
+    await ali.service.create_order("AL20240007", 1000, "药费", "precreate")
+    url = ali.source.url
+    cases = {
+        "bad_signature": {"forge": True},
+        "unknown_order": {"out_trade_no": "AL-NOT-OURS"},
+        "amount_mismatch": {"amount": 1},
+        "wrong_merchant": {"app_id": "2021000000000099"},
+        "unknown_refund": {"kind": "refund", "out_refund_no": "NOPE", "refund_total": 100},
+    }
+    for reason, fields in cases.items():
+        answer = await ali.control.notify(url=url, **{"out_trade_no": "AL20240007", **fields})
+        assert (answer["status"], answer["body"]) == (400, "fail"), reason
+    async with http.post(url, data=b"out_trade_no=AL20240007&total_amount=10.00") as resp:
+        assert await resp.text() == "fail"
+    audits = [a.reason for a in await ali.store.audits("alipay")]
+    assert audits == [*cases, "missing_signature"]
+    assert await ali.is_("AL20240007", OrderState.CREATED)
+    assert ali.channel.messages == []
+
+
+async def test_refund_notify_with_a_refunded_total_beyond_the_order_is_refused(
+        ali: Rig, eventually: Any) -> None:
+    await ali.service.create_order("AL20240008", 1000, "药费", "precreate")
+    await ali.control.pay("AL20240008")
+    await eventually(lambda: ali.is_("AL20240008", OrderState.PAID))
+    await ali.service.refund("AL20240008", "AL20240008R1", 200)
+    answer = await ali.control.notify(url=ali.source.url, out_trade_no="AL20240008",
+                                      kind="refund", out_refund_no="AL20240008R1",
+                                      refund_total=100_000)
+    assert answer["status"] == 400
+    assert (await ali.store.audits("alipay"))[-1].reason == "amount_mismatch"
+
+
+async def test_concurrent_refunds_never_exceed_the_payment(ali: Rig, eventually: Any) -> None:
+    await ali.service.create_order("AL20240009", 1000, "住院押金", "precreate")
+    await ali.control.pay("AL20240009")
+    await eventually(lambda: ali.is_("AL20240009", OrderState.PAID))
+    results = await asyncio.gather(
+        *(ali.service.refund("AL20240009", f"AL20240009R{i}", 400) for i in range(4)),
+        return_exceptions=True)
+    assert sum(isinstance(r, RefundExceedsPaid) for r in results) == 2
+    stats = await ali.control.stats()
+    assert stats["refunds_created"] == 2
+    assert stats["refunded_fen"] == 800
+
+
+async def test_lost_refund_answer_is_resolved_by_query(ali: Rig, eventually: Any) -> None:
+    await ali.service.create_order("AL20240010", 1000, "药费", "precreate")
+    await ali.control.pay("AL20240010")
+    await eventually(lambda: ali.is_("AL20240010", OrderState.PAID))
+    await ali.control.faults(drop_after_commit=1)
+    refund = await ali.service.refund("AL20240010", "AL20240010R1", 1000)
+    assert refund.state is RefundState.SUCCESS
+    stats = await ali.control.stats()
+    assert stats["refunds_created"] == 1
+    assert stats["refunded_fen"] == 1000
+
+
+async def test_bill_zip_parses_to_the_simulator_totals(ali: Rig, eventually: Any) -> None:
+    for no, amount in (("AL20240011", 1230), ("AL20240012", 1), ("AL20240013", 88888)):
+        await ali.service.create_order(no, amount, "费用", "precreate")
+        await ali.control.pay(no)
+        await eventually(lambda no=no: ali.is_(no, OrderState.PAID))
+    await ali.service.refund("AL20240013", "AL20240013R1", 8888)
+    totals = await ali.control.bill_totals()
+    bill = await ali.client.trade_bill(totals["date"])
+    assert bill.totals.lines == totals["lines"] == 4
+    assert bill.totals.paid == Decimal(totals["paid"]) == Decimal("901.19")
+    assert bill.totals.refunded == Decimal(totals["refunded"]) == Decimal("88.88")
+    assert bill.totals.fees == Decimal(totals["fees"])
+    refund = next(x for x in bill.lines if x.kind == "refund")
+    assert (refund.out_trade_no, refund.out_refund_no) == ("AL20240013", "AL20240013R1")
+
+
+def test_bill_parser_rejects_bad_archives() -> None:
+    sim = AlipaySimulator.__new__(AlipaySimulator)
+    sim.seller_id, sim.ledger = SELLER, []
+    good = sim.bill_zip("2024-05-01")
+    assert parse_bill_zip(good).totals.lines == 0
+    with pytest.raises(BillError, match="not a zip"):
+        parse_bill_zip(b"PK-not-really")
+
+    def rezip(transform: Any) -> bytes:
+        src = zipfile.ZipFile(io.BytesIO(good))
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info)
+                dst.writestr(info.filename, transform(info.filename, data))
+        return out.getvalue()
+
+    def detail_only(fn: Any) -> Any:
+        return lambda name, data: fn(data) if "汇总" not in name else data
+
+    lying = rezip(detail_only(lambda d: d.replace("交易合计：0笔".encode("gbk"),
+                                                  "交易合计：2笔".encode("gbk"))))
+    with pytest.raises(BillError, match="counts"):
+        parse_bill_zip(lying)
+    utf8 = rezip(detail_only(lambda d: d.decode("gbk").encode("utf-8")))
+    with pytest.raises(BillError, match="GBK"):
+        parse_bill_zip(utf8)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+async def _messages(ali: Rig, n: int) -> bool:
+    return len(ali.channel.messages) >= n
