@@ -1,0 +1,1 @@
+"""Benchmarks: commands that print tables. Results are recorded in docs/performance.md."""

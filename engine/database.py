@@ -6,8 +6,12 @@ in a single transaction and resolves their futures after the commit. Under load 
 carries hundreds of operations, so durability costs one fsync per batch, not per message;
 when idle, a lone write commits at once (no added latency).
 
-Each operation runs inside its own savepoint, so one failing operation (an integrity error)
-fails only its own future, not its neighbours in the batch.
+A batch runs as one transaction. If an operation raises, the batch is rolled back and its
+operations are run again one transaction each, so the failing one fails alone and its
+neighbours still commit (operations must therefore keep no Python state across attempts).
+``on_commit`` callbacks run on the event loop in commit order, even when the caller that
+submitted the write has been cancelled: the queue relies on that to hand new rows to its
+consumers in order.
 
 Readers use separate connections (WAL lets them run beside the writer) on a small thread pool,
 so the event loop never blocks on SQLite.
@@ -37,6 +41,9 @@ class StoreUnavailable(Exception):
 
 
 _STOP = object()
+
+# (future, value, on_commit callback, error) for each operation of a batch.
+_Result = tuple["asyncio.Future[Any]", Any, "Callable[[Any], None] | None", "BaseException | None"]
 
 
 class Database:
@@ -110,13 +117,20 @@ class Database:
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``op`` in the writer thread inside a transaction; return once it is committed."""
+    async def write(
+        self, op: Callable[[sqlite3.Connection], T],
+        on_commit: Callable[[T], None] | None = None,
+    ) -> T:
+        """Run ``op`` in the writer thread inside a transaction; return once it is committed.
+
+        ``on_commit(result)`` runs on the event loop right after the commit, before the
+        caller resumes, and runs even if the caller was cancelled meanwhile.
+        """
         if self._closed:
             raise StoreUnavailable("database is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._ops.put((op, fut))
+        self._ops.put((op, fut, on_commit))
         return await fut
 
     def _writer_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
@@ -151,40 +165,50 @@ class Database:
             except queue.Empty:
                 break
             if item is not _STOP:
-                leftovers.append((item[1], None, StoreUnavailable("database is closed")))
+                leftovers.append((item[1], None, None, StoreUnavailable("database is closed")))
         if leftovers:
             loop.call_soon_threadsafe(_resolve_all, leftovers)
         with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
 
-    def _run_batch(
-        self, conn: sqlite3.Connection, batch: list[tuple[WriteOp, asyncio.Future[Any]]]
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> list[_Result]:
+        try:
+            return self._run_transaction(conn, batch)
+        except _OpFailed:
+            pass
+        # One operation failed: give each its own transaction so only that one fails.
+        results: list[_Result] = []
+        for item in batch:
+            try:
+                results.extend(self._run_transaction(conn, [item]))
+            except _OpFailed as failed:
+                results.append((item[1], None, None, failed.error))
+        return results
+
+    def _run_transaction(self, conn: sqlite3.Connection, batch: list[Any]) -> list[_Result]:
+        """Run ``batch`` in one transaction; raise _OpFailed (rolled back) if an op raises."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             err = StoreUnavailable(f"cannot begin a transaction: {exc}")
-            return [(fut, None, err) for _, fut in batch]
-        for op, fut in batch:
+            return [(fut, None, None, err) for _, fut, _ in batch]
+        results: list[_Result] = []
+        for op, fut, on_commit in batch:
             try:
-                conn.execute("SAVEPOINT op")
                 value = op(conn)
-                conn.execute("RELEASE op")
-                results.append((fut, value, None))
-            except BaseException as exc:  # noqa: BLE001 - any failure belongs to its caller
+            except BaseException as exc:
                 with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                results.append((fut, None, exc))
+                    conn.execute("ROLLBACK")
+                raise _OpFailed(exc) from None
+            results.append((fut, value, on_commit, None))
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             err = StoreUnavailable(f"commit failed: {exc}")
-            return [(fut, None, err) for fut, _, _ in results]
+            return [(fut, None, None, err) for fut, _, _, _ in results]
         self.commits += 1
         self.committed_ops += len(batch)
         return results
@@ -218,8 +242,18 @@ def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for fut, value, exc in results:
+class _OpFailed(Exception):
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _resolve_all(results: list[_Result]) -> None:
+    for fut, value, on_commit, exc in results:
+        if exc is None and on_commit is not None:
+            try:
+                on_commit(value)
+            except Exception:
+                log.exception("on_commit callback failed")
         if fut.done():  # the caller was cancelled; the write still happened
             continue
         if exc is None:

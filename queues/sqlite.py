@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 from collections import defaultdict
@@ -67,25 +68,29 @@ class Staging:
     Obtained from ``SqliteQueue.transaction``; methods run on the writer connection.
     """
 
-    def __init__(self, backend: SqliteQueue, conn: sqlite3.Connection, now: float) -> None:
-        self._backend = backend
+    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
         self.conn = conn
         self.now = now
-        self.published: dict[str, int] = defaultdict(int)
+        self.published: dict[str, list[tuple[int, Envelope]]] = defaultdict(list)
+        self.delayed_new: dict[str, int] = defaultdict(int)
+        self.retried: set[str] = set()
         self.settled: list[tuple[Delivery, bool]] = []  # (delivery, still counted in depth)
 
     def publish(self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0) -> None:
         state, due = ("delayed", self.now + delay) if delay > 0 else ("ready", 0.0)
-        self.conn.executemany(
-            "INSERT INTO queue_items (queue, state, next_attempt_at, message_id, content_type,"
-            " headers, body, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
+        execute = self.conn.execute
+        for e in envelopes:
+            cursor = execute(
+                "INSERT INTO queue_items (queue, state, next_attempt_at, message_id, content_type,"
+                " headers, body, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (queue, state, due, e.message_id, e.content_type,
-                 orjson.dumps(dict(e.headers)) if e.headers else None, e.body, self.now)
-                for e in envelopes
-            ],
-        )
-        self.published[queue] += len(envelopes)
+                 orjson.dumps(dict(e.headers)) if e.headers else None, e.body, self.now),
+            )
+            if delay > 0:
+                self.delayed_new[queue] += 1
+            else:
+                assert cursor.lastrowid is not None
+                self.published[queue].append((cursor.lastrowid, e))
 
     def ack(self, delivery: Delivery) -> None:
         self.conn.execute("DELETE FROM queue_items WHERE id = ?", (delivery.tag,))
@@ -97,6 +102,7 @@ class Staging:
             " first_failed_at = COALESCE(first_failed_at, ?), last_error = ? WHERE id = ?",
             (at, self.now, reason, delivery.tag),
         )
+        self.retried.add(delivery.queue)
         self.settled.append((delivery, True))
 
     def dead_letter(self, delivery: Delivery, *, reason: str) -> None:
@@ -140,7 +146,7 @@ class SqliteQueue:
         for consumer in list(self._consumers.values()):
             await consumer.close()
 
-    async def declare(self, queue: str) -> None:
+    async def declare(self, queue: str, *, ordered: bool = False) -> None:
         self._depth.setdefault(queue, 0)
 
     @property
@@ -156,32 +162,36 @@ class SqliteQueue:
 
     async def transaction(self, op: Callable[[Staging], T]) -> T:
         """Run ``op`` (store writes and queue changes) in one committed transaction."""
-        holder: list[Staging] = []
 
-        def run(conn: sqlite3.Connection) -> T:
-            staging = Staging(self, conn, time.time())
-            holder.append(staging)
-            return op(staging)
+        def run(conn: sqlite3.Connection) -> tuple[T, Staging]:
+            staging = Staging(conn, time.time())
+            return op(staging), staging
 
         try:
-            result = await self.db.write(run)
+            result, _ = await self.db.write(run, on_commit=lambda r: self._after_commit(r[1]))
         except StoreUnavailable as exc:
             raise QueueUnavailable(str(exc)) from exc
-        self._after_commit(holder[0])
         return result
 
     def _after_commit(self, staging: Staging) -> None:
-        for queue, count in staging.published.items():
-            self._depth[queue] += count
-            consumer = self._consumers.get(queue)
-            if consumer is not None:
-                consumer.wake()
+        """Runs on the loop in commit order: count, then hand new rows to consumers."""
         for delivery, still_waiting in staging.settled:
             if not still_waiting:
                 self._depth[delivery.queue] -= 1
             consumer = self._consumers.get(delivery.queue)
             if consumer is not None:
                 consumer.settled(delivery)
+        for queue, count in staging.delayed_new.items():
+            self._depth[queue] += count
+        for queue in staging.delayed_new.keys() | staging.retried:
+            consumer = self._consumers.get(queue)
+            if consumer is not None:
+                consumer.delayed_added()
+        for queue, rows in staging.published.items():
+            self._depth[queue] += len(rows)
+            consumer = self._consumers.get(queue)
+            if consumer is not None:
+                consumer.offer(rows)
 
     # -- QueueBackend ----------------------------------------------------------------------
 
@@ -252,7 +262,7 @@ class SqliteQueue:
             for chunk_start in range(0, len(ids), 500):
                 chunk = [int(i) for i in ids[chunk_start : chunk_start + 500]]
                 marks = ",".join("?" * len(chunk))
-                count += conn.execute(f"{sql} AND id IN ({marks})", (now, queue, *chunk)).rowcount  # noqa: S608 - placeholders only
+                count += conn.execute(f"{sql} AND id IN ({marks})", (now, queue, *chunk)).rowcount
             return count
 
         try:
@@ -262,7 +272,7 @@ class SqliteQueue:
         self._depth[queue] += count
         consumer = self._consumers.get(queue)
         if consumer is not None:
-            consumer.wake()
+            consumer.delayed_added()
         return count
 
     async def ping(self) -> None:
@@ -280,7 +290,14 @@ def _headers(raw: bytes | None) -> dict[str, str]:
 
 
 class SqliteConsumer:
-    """Hands out deliveries of one queue, at most ``prefetch`` unsettled at a time."""
+    """Hands out deliveries of one queue, at most ``prefetch`` unsettled at a time.
+
+    New rows reach an unordered consumer without a database read: the writer's commit hands
+    them over (``offer``) as long as the consumer is caught up. When it is not (after a
+    restart, or when its prefetch was full), it reads ready rows above its cursor until it
+    has caught up again. Delayed rows (retries) are always read from the database when due.
+    Ordered consumers read the head of the queue, one delivery at a time.
+    """
 
     # How often to look for due retries when nothing else wakes us (clock-skew safety net).
     POLL_CEILING = 5.0
@@ -292,30 +309,51 @@ class SqliteConsumer:
         self.ordered = ordered
         self._cursor = 0
         self._inflight: set[int] = set()
-        self._out: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._out: asyncio.Queue[Delivery | BaseException] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._backlog = True  # ready rows may exist in the database that we have not read
+        self._missed = 0  # offers refused while behind; a read must catch up with them
+        self._maybe_delayed = True  # delayed rows may exist
 
-    def wake(self) -> None:
+    # -- called from the backend after commits --------------------------------------------
+
+    def offer(self, rows: list[tuple[int, Envelope]]) -> None:
+        if self.ordered or self._backlog or len(self._inflight) + len(rows) > self.prefetch:
+            self._backlog = True
+            self._missed += 1
+            self._wake.set()
+            return
+        for rid, envelope in rows:
+            self._inflight.add(rid)
+            self._out.put_nowait(Delivery(self.queue, rid, envelope))
+        self._cursor = max(self._cursor, rows[-1][0])
+
+    def delayed_added(self) -> None:
+        self._maybe_delayed = True
         self._wake.set()
 
     def settled(self, delivery: Delivery) -> None:
         tag = delivery.tag
         if isinstance(tag, int):
             self._inflight.discard(tag)
+        if self._backlog or self._maybe_delayed or self.ordered:
+            self._wake.set()
+
+    def wake(self) -> None:
         self._wake.set()
+
+    # -- Consumer ---------------------------------------------------------------------------
 
     async def get(self) -> Delivery:
         if self._task is None:
             self._task = asyncio.create_task(self._fetch_loop(), name=f"consume {self.queue}")
-        getter = asyncio.ensure_future(self._out.get())
-        done, _ = await asyncio.wait({getter, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            return getter.result()
-        getter.cancel()
-        self._task.result()  # re-raise the fetch loop's failure
-        raise RuntimeError("consumer stopped")
+        item = await self._out.get()
+        if isinstance(item, BaseException):
+            self._out.put_nowait(item)  # every waiter sees the failure
+            raise item
+        return item
 
     async def close(self) -> None:
         self._closed = True
@@ -326,26 +364,42 @@ class SqliteConsumer:
         self.backend.forget_consumer(self.queue)
 
     async def _fetch_loop(self) -> None:
+        try:
+            await self._fetch_forever()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._out.put_nowait(exc)
+
+    async def _fetch_forever(self) -> None:
         db = self.backend.db
         while not self._closed:
+            self._wake.clear()
             credits = self.prefetch - len(self._inflight)
-            if credits <= 0:
-                self._wake.clear()
+            if credits <= 0 or not (self._backlog or self._maybe_delayed or self.ordered):
                 await self._wake.wait()
                 continue
-            self._wake.clear()
             now = time.time()
             inflight = frozenset(self._inflight)
+            missed_before = self._missed
+            backlog = self._backlog
             try:
-                rows, next_due = await db.read(
-                    lambda conn: self._fetch(conn, credits, now, inflight)
+                rows, fresh, cursor, next_due = await db.read(
+                    functools.partial(self._fetch, credits=credits, now=now, inflight=inflight,
+                                      backlog=backlog)
                 )
             except StoreUnavailable:
                 return
             for row in rows:
-                self._inflight.add(row[0])
-                self._out.put_nowait(_delivery(self.queue, row))
-            if len(rows) >= credits:
+                if row[0] not in self._inflight:
+                    self._inflight.add(row[0])
+                    self._out.put_nowait(_delivery(self.queue, row))
+            self._cursor = max(self._cursor, cursor)
+            if backlog and fresh < credits and self._missed == missed_before:
+                self._backlog = False  # caught up: new rows arrive by offer from now on
+            if next_due is None and not self.ordered:
+                self._maybe_delayed = False
+            if len(rows) >= credits or (self._backlog and self._missed != missed_before):
                 continue
             timeout = self.POLL_CEILING
             if next_due is not None:
@@ -354,38 +408,49 @@ class SqliteConsumer:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _fetch(
-        self, conn: sqlite3.Connection, credits: int, now: float, inflight: frozenset[int]
-    ) -> tuple[list[Any], float | None]:
+        self, conn: sqlite3.Connection, credits: int, now: float, inflight: frozenset[int],
+        backlog: bool,
+    ) -> tuple[list[Any], int, int, float | None]:
+        """Rows to hand out, how many were fresh, the new cursor, and the next due time."""
         if self.ordered:
             if inflight:
-                return [], None
+                return [], 0, 0, None
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM queue_items WHERE queue = ?"  # noqa: S608 - constant
                 " AND state IN ('ready', 'delayed') ORDER BY id LIMIT 1",
                 (self.queue,),
             ).fetchone()
-            return ([row] if row else []), None
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM queue_items WHERE queue = ? AND state = 'delayed'"  # noqa: S608
-            " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
-            (self.queue, now, credits + len(inflight)),
-        ).fetchall()
-        rows = [r for r in rows if r[0] not in inflight][:credits]
-        if len(rows) < credits:
-            fresh = conn.execute(
+            return ([row] if row else []), 0, 0, None
+        rows: list[Any] = []
+        next_due = None
+        if self._maybe_delayed:
+            due_rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM queue_items WHERE queue = ? AND state = 'delayed'"  # noqa: S608
+                " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+                (self.queue, now, credits + len(inflight)),
+            ).fetchall()
+            rows = [r for r in due_rows if r[0] not in inflight][:credits]
+            later = conn.execute(
+                "SELECT MIN(next_attempt_at) FROM queue_items WHERE queue = ?"
+                " AND state = 'delayed' AND next_attempt_at > ?",
+                (self.queue, now),
+            ).fetchone()
+            next_due = later[0] if later else None
+            if next_due is None and due_rows:
+                next_due = now + self.POLL_CEILING  # due rows remain: keep the scan on
+        cursor = self._cursor
+        fresh = 0
+        if backlog and len(rows) < credits:
+            ready = conn.execute(
                 f"SELECT {_COLUMNS} FROM queue_items WHERE queue = ? AND state = 'ready'"  # noqa: S608
                 " AND next_attempt_at = 0 AND id > ? ORDER BY id LIMIT ?",
-                (self.queue, self._cursor, credits - len(rows)),
+                (self.queue, cursor, credits - len(rows)),
             ).fetchall()
-            if fresh:
-                self._cursor = fresh[-1][0]
-            rows.extend(fresh)
-        due = conn.execute(
-            "SELECT MIN(next_attempt_at) FROM queue_items WHERE queue = ? AND state = 'delayed'"
-            " AND next_attempt_at > ?",
-            (self.queue, now),
-        ).fetchone()
-        return rows, due[0] if due else None
+            fresh = len(ready)
+            if ready:
+                cursor = ready[-1][0]
+            rows.extend(ready)
+        return rows, fresh, cursor, next_due
 
 
 def _delivery(queue: str, row: Any) -> Delivery:

@@ -39,6 +39,7 @@ class FhirServer:
         self.resources: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         self.requests = Counter[str]()
         self.message_ids: list[str] = []  # X-Message-Id of every stored write, in order
+        self.arrivals: list[tuple[str, float]] = []  # (X-Message-Id, epoch seconds)
         self.fault = "none"
         self.fault_status = 503
         self.delay = 0.0
@@ -61,6 +62,7 @@ class FhirServer:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_post("/_control/fault", self._control)
         app.router.add_get("/_control/stats", self._stats)
+        app.router.add_get("/_control/arrivals", self._arrivals)
         app.router.add_route("*", self.base + "{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -114,6 +116,9 @@ class FhirServer:
             "resources": {k: len(v) for k, v in self.resources.items()},
             "requests": dict(self.requests),
         })
+
+    async def _arrivals(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.arrivals), content_type="application/json")
 
     async def _handle(self, request: web.Request) -> web.Response:
         fault = self._active_fault()
@@ -176,6 +181,7 @@ class FhirServer:
         status, stored = self._store(rtype, rid, doc)
         if mid:
             self.message_ids.append(mid)
+            self.arrivals.append((mid, time.time()))
         return web.Response(status=status, body=orjson.dumps(stored), content_type=_FHIR_JSON,
                             headers={"Location": f"{self.url}/{rtype}/{stored['id']}/_history/"
                                      f"{stored['meta']['versionId']}"})
@@ -225,6 +231,7 @@ class FhirServer:
                                                                     "diagnostics": str(exc)}]}}})
         if mid:
             self.message_ids.append(mid)
+            self.arrivals.append((mid, time.time()))
         reply = {"resourceType": "Bundle", "type": f"{doc.get('type')}-response", "entry": results}
         return web.Response(body=orjson.dumps(reply), content_type=_FHIR_JSON)
 
