@@ -16,14 +16,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
+
 from adapters.einvoice import EinvoiceDestinationConfig
 from adapters.fhir import FhirDestinationConfig
 from adapters.http import HttpDestinationConfig, HttpSourceConfig
 from adapters.mllp import MllpDestinationConfig, MllpSourceConfig
 from adapters.nhsa import NhsaDestinationConfig
 from adapters.soap import SoapDestinationConfig
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
-
 from engine.errors import ConfigError
 from engine.retry import RetryPolicy
 from engine.settings import FilterConfig, FilterRule, HostPort, Model, Secret
@@ -105,7 +105,7 @@ class Config(Model):
     logging: LoggingConfig = LoggingConfig()
     retry: RetryPolicy = RetryPolicy()
     mappings_dir: str = "mappings"
-    channels: list[ChannelConfig] = []
+    channels: list[ChannelConfig] = Field(default_factory=list)
 
     _base_dir: Path = PrivateAttr(default=Path("."))
     _file: str = PrivateAttr(default="<config>")
@@ -271,7 +271,7 @@ class TomlLocator:
                 key_path = current + tuple(p.strip('"') for p in k.group(1).split("."))
                 self.entries.append((key_path, lineno))
                 for inner in self._INLINE_KEY.finditer(line):
-                    self.entries.append((key_path + (inner.group(1).strip('"'),), lineno))
+                    self.entries.append(((*key_path, inner.group(1).strip('"')), lineno))
 
     def line_of(self, loc: tuple[Any, ...]) -> int | None:
         best, best_len = None, -1

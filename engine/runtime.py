@@ -133,7 +133,7 @@ class Engine:
             ))
         await self.backend.declare(channel_queue(ch.name))
         for d in dests:
-            await self.backend.declare(d.queue)
+            await self.backend.declare(d.queue, ordered=d.ordered)
         ingest = ChannelIngest(
             ch.name, dedup=ch.dedup, db=self.db, store=self.store, backend=self.backend,
             metrics=self.metrics,

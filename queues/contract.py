@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 
-
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """What a queue carries: the message id, the bytes to deliver, and their headers."""
@@ -97,8 +96,12 @@ class QueueBackend(Protocol):
 
     async def close(self) -> None: ...
 
-    async def declare(self, queue: str) -> None:
-        """Make sure a queue exists (idempotent)."""
+    async def declare(self, queue: str, *, ordered: bool = False) -> None:
+        """Make sure a queue exists (idempotent).
+
+        ``ordered`` says the queue will be consumed with ``ordered=True``; a backend that
+        fixes this when the queue is created (RabbitMQ: single active consumer) needs it.
+        """
         ...
 
     async def publish(self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0) -> None:

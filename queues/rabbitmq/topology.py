@@ -1,0 +1,136 @@
+"""Names and arguments of the RabbitMQ objects behind one logical queue.
+
+For a logical queue ``Q`` (``channel:adt`` or ``dest:adt/cdr``) under the prefix ``P``::
+
+    P.Q                 work queue: durable; quorum (or classic), explicit delivery limit,
+                        dead-lettering to P.dead with routing key Q
+    P.Q.delay.<tier>    one per delay tier: no consumers, a fixed message TTL, expired
+                        messages dead-letter back into P.Q through the default exchange
+    P.dead              direct exchange for every dead letter of this prefix
+    P.Q.dead            the dead-letter queue of Q, bound to P.dead with routing key Q
+
+Ordered queues are classic queues with single active consumer and two priorities: a retried
+message is republished at priority 1 so that it is the next one handed out, which is how the
+head of an ordered queue "stays put" in a broker that cannot reinsert at the head. They need
+no delay queues (an ordered retry waits in the consumer, see ``Delivery.not_before``).
+
+Queue arguments cannot change once a queue exists; the broker answers PRECONDITION_FAILED,
+which the backend turns into a message naming the queue and what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+QueueType = Literal["quorum", "classic"]
+
+
+def tier_label(seconds: float) -> str:
+    """``5`` → ``5s``, ``300`` → ``300s``, ``0.5`` → ``500ms``."""
+    if seconds >= 1 and float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTopology:
+    """Everything the backend declares and addresses for one logical queue."""
+
+    logical: str
+    prefix: str
+    queue_type: QueueType
+    ordered: bool
+    delivery_limit: int
+    max_length: int | None
+    tiers: tuple[float, ...]
+
+    @property
+    def work(self) -> str:
+        return f"{self.prefix}.{self.logical}"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}.{self.logical}.dead"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def dead_routing_key(self) -> str:
+        return self.logical
+
+    @property
+    def effective_type(self) -> QueueType:
+        """Ordered queues are classic: they need message priorities (see module doc)."""
+        return "classic" if self.ordered else self.queue_type
+
+    @property
+    def counts_redeliveries(self) -> bool:
+        """Classic queues have no broker-side delivery limit; the consumer keeps count."""
+        return self.effective_type == "classic"
+
+    def delay_queue(self, tier: float) -> str:
+        return f"{self.prefix}.{self.logical}.delay.{tier_label(tier)}"
+
+    @property
+    def delay_queues(self) -> list[tuple[float, str]]:
+        if self.ordered:
+            return []
+        return [(t, self.delay_queue(t)) for t in self.tiers]
+
+    def work_arguments(self) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "x-queue-type": self.effective_type,
+            "x-dead-letter-exchange": self.dead_exchange,
+            "x-dead-letter-routing-key": self.dead_routing_key,
+        }
+        if self.max_length is not None:
+            args["x-max-length"] = self.max_length
+            args["x-overflow"] = "reject-publish"
+        if self.effective_type == "quorum":
+            args["x-delivery-limit"] = self.delivery_limit
+            # Broker-side dead-lettering (the delivery limit) is confirmed, not fire-and-forget.
+            args["x-dead-letter-strategy"] = "at-least-once"
+            args["x-overflow"] = "reject-publish"
+        if self.ordered:
+            args["x-single-active-consumer"] = True
+            args["x-max-priority"] = 1
+        return args
+
+    def delay_arguments(self, tier: float) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "x-queue-type": self.queue_type,
+            "x-message-ttl": max(1, round(tier * 1000)),
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.work,
+        }
+        if self.queue_type == "quorum":
+            args["x-dead-letter-strategy"] = "at-least-once"
+            args["x-overflow"] = "reject-publish"
+        return args
+
+    def dead_arguments(self) -> dict[str, Any]:
+        return {"x-queue-type": self.queue_type}
+
+    def all_queues(self) -> list[str]:
+        return [self.work, self.dead, *(name for _, name in self.delay_queues)]
+
+    def route_delay(self, remaining: float) -> str | None:
+        """The delay queue for a wait of ``remaining`` seconds, or None to wait in the consumer.
+
+        The largest tier not longer than the wait: the message comes back early, and the
+        consumer sends it round again (or holds it for the last fraction of a tier), so a
+        retry never happens before its time and a long wait is a few hops.
+        """
+        best = None
+        for tier, name in self.delay_queues:
+            if tier <= remaining:
+                best = name
+        return best
+
+    @property
+    def hold_limit(self) -> float:
+        """Longest wait a consumer holds a message itself instead of re-delaying it."""
+        return min(self.tiers) if self.tiers else float("inf")

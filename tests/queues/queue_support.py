@@ -1,0 +1,189 @@
+"""Helpers for the queue tests: the broker under test, a delivery taker, a TCP proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+
+from queues.contract import Consumer, Delivery
+from queues.rabbitmq.config import RabbitQueueConfig
+from queues.rabbitmq.topology import QueueTopology
+
+BROKER = os.environ.get("HISBRIDGE_RABBITMQ", "127.0.0.1:5672")
+
+
+def broker_reachable(host_port: str = BROKER, timeout: float = 2.0) -> bool:
+    host, _, port = host_port.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def can_administer() -> bool:
+    if shutil.which("rabbitmqctl") is None:
+        return False
+    return rabbitmqctl("list_vhosts", timeout=30).returncode == 0
+
+
+@dataclass(frozen=True)
+class Broker:
+    host: str  # host:port
+    vhost: str
+    administered: bool  # rabbitmqctl works (vhosts, stop_app/start_app)
+
+    def config(self, prefix: str, **overrides: Any) -> RabbitQueueConfig:
+        fields: dict[str, Any] = {
+            "backend": "rabbitmq", "host": self.host, "vhost": self.vhost, "prefix": prefix,
+            "reconnect_interval": 0.5, "publish_timeout": 5.0,
+        }
+        fields.update(overrides)
+        return RabbitQueueConfig.model_validate(fields)
+
+    def url(self) -> str:
+        vhost = "%2F" if self.vhost == "/" else self.vhost
+        return f"amqp://guest:guest@{self.host}/{vhost}"
+
+    def toml(self, prefix: str, **extra: object) -> str:
+        """A ``[queue]`` table for config files of engines started as subprocesses."""
+        lines = ["[queue]", 'backend = "rabbitmq"', f'host = "{self.host}"',
+                 f'vhost = "{self.vhost}"', f'prefix = "{prefix}"', "reconnect_interval = 0.5"]
+        for key, value in extra.items():
+            lines.append(f"{key} = {value!r}" if not isinstance(value, str) else
+                         f'{key} = "{value}"')
+        return "\n".join(lines) + "\n"
+
+
+def wait_broker_up(timeout: float = 60) -> None:
+    if shutil.which("rabbitmqctl") is not None:
+        rabbitmqctl("start_app", timeout=timeout)  # no-op when running
+        rabbitmqctl("await_startup", timeout=timeout)
+
+
+async def delete_topology(broker: Broker, prefix: str, logical: list[str]) -> None:
+    """Delete every queue behind ``logical`` under ``prefix``, and the dead-letter exchange."""
+    config = broker.config(prefix)
+    connection = await aio_pika.connect(broker.url(), timeout=10)
+    try:
+        channel = await connection.channel()
+        for name in logical:
+            for ordered in (False, True):
+                topo = QueueTopology(name, prefix, config.queue_type, ordered,
+                                     config.delivery_limit, None, tuple(config.delay_tiers))
+                for queue in topo.all_queues():
+                    with contextlib.suppress(Exception):
+                        await channel.queue_delete(queue)
+        with contextlib.suppress(Exception):
+            await channel.exchange_delete(f"{prefix}.dead")
+    finally:
+        await connection.close()
+
+
+class Taker:
+    """Takes deliveries from a consumer without ever cancelling a pending ``get``.
+
+    A ``get`` that timed out stays pending and is what the next ``next`` waits for, so a
+    "nothing arrives within 0.3 s" check never drops the delivery that arrives later.
+    """
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self._pending: asyncio.Task[Delivery] | None = None
+
+    def _task(self) -> asyncio.Task[Delivery]:
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self.consumer.get())
+        return self._pending
+
+    async def next(self, within: float = 10.0) -> Delivery:
+        task = self._task()
+        done, _ = await asyncio.wait({task}, timeout=within)
+        if not done:
+            raise AssertionError(f"no delivery within {within}s")
+        self._pending = None
+        return task.result()
+
+    async def none_within(self, seconds: float) -> None:
+        task = self._task()
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        if done:
+            raise AssertionError(f"unexpected delivery: {task.result().envelope.message_id}")
+
+    async def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            with contextlib.suppress(BaseException):
+                await self._pending
+        await self.consumer.close()
+
+
+class TcpProxy:
+    """A TCP relay to the broker that a test can cut and restore: the broker "goes away"
+    for this test's engine only, while other tests keep using it."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Stop listening and drop every relayed connection."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            dst.transport.abort()
+            self._writers.discard(dst)
