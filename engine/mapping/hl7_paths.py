@@ -1,0 +1,377 @@
+"""HL7 v2 source paths: ``PID-3``, ``PID-3[2].1``, ``PID-5.1.1``, ``OBX[*]-5``, ``.5``, ``-3.1``.
+
+Grammar (positions are 1-based, as in the standard)::
+
+    path     := SEG [ "[" occ "]" ] [ "-" field ]        absolute
+              | "-" field                                relative to the current segment
+              | "." comp [ "." sub ]                     relative to the current repetition
+              | "."                                      the current repetition itself
+    field    := N [ "[" rep "]" ] [ "." comp [ "." sub ] ]
+    occ, rep := N | "*"
+
+A path that stops early reads the first component (and first sub-component), so ``PID-8``
+is ``PID-8.1.1``; ``MSH-1`` and ``MSH-2`` are the delimiters themselves. Values are unescaped
+(``\\F\\`` becomes ``|``, ``\\.br\\`` a line break) and HL7's explicit null ``""`` is empty.
+
+Segment groups: iterating ``X[*]`` (in ``each`` or ``where``) gives each occurrence a scope
+running from that segment up to the next ``X``. Inside it a segment name resolves to its
+first occurrence in the scope, else in the segments before the first ``X`` (the header: MSH,
+PID, PV1 ...), and so on outwards. So in ``each = "ORC[*]"``, ``OBR-4`` is the OBR of the
+current order and ``PID-3`` the patient's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from engine.hl7 import Hl7Message, unescape
+from engine.mapping.conditions import Condition, compile_condition, split_where
+
+STAR = -1
+_ABS = re.compile(
+    r"(?P<seg>[A-Z][A-Z0-9]{2})(?:\[(?P<occ>\*|\d+)\])?"
+    r"(?:-(?P<field>\d+)(?:\[(?P<rep>\*|\d+)\])?(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?)?$"
+)
+_REL_SEG = re.compile(
+    r"-(?P<field>\d+)(?:\[(?P<rep>\*|\d+)\])?(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?$"
+)
+_REL_REP = re.compile(r"\.(?:(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?$")
+
+
+class Hl7Doc:
+    """A parsed message with a segment-name index, shared by every scope of one run."""
+
+    __slots__ = ("_reps", "comp_sep", "esc", "index", "msg", "rep_sep", "sub_sep")
+
+    def __init__(self, msg: Hl7Message) -> None:
+        self.msg = msg
+        self.rep_sep = msg.repetition_sep
+        self.comp_sep = msg.component_sep
+        self.sub_sep = msg.subcomponent_sep
+        self.esc = msg.escape_char
+        index: dict[str, list[int]] = {}
+        for i, seg in enumerate(msg.segments):
+            index.setdefault(seg[:3], []).append(i)
+        self.index = index
+        self._reps: dict[tuple[int, int], list[str]] = {}
+
+    def reps(self, seg: int, field: int) -> list[str]:
+        """The repetitions of a field (raw), split once per run."""
+        key = (seg, field)
+        found = self._reps.get(key)
+        if found is None:
+            fields = self.msg.fields(seg)
+            raw = fields[field] if field < len(fields) else ""
+            found = raw.split(self.rep_sep) if raw else []
+            self._reps[key] = found
+        return found
+
+    def leaf(self, text: str, comp: int, sub: int) -> str:
+        """Component ``comp`` / sub-component ``sub`` (0-based) of a repetition, as a value."""
+        if self.comp_sep in text:
+            comps = text.split(self.comp_sep)
+            text = comps[comp] if comp < len(comps) else ""
+        elif comp:
+            return ""
+        if self.sub_sep in text:
+            subs = text.split(self.sub_sep)
+            text = subs[sub] if sub < len(subs) else ""
+        elif sub:
+            return ""
+        return self.text(text) if text else ""
+
+    def text(self, raw: str) -> str:
+        """A component's raw text as a value: unescaped, with line breaks as ``\\n``."""
+        if raw == '""':
+            return ""
+        if self.esc and self.esc in raw:
+            raw = unescape(raw, self.msg)
+            if "\r" in raw:
+                raw = raw.replace("\r", "\n")
+        return raw
+
+
+class Hl7Scope:
+    """Where relative paths point and which segments a segment name resolves to.
+
+    Attributes:
+        ranges: ``(lo, hi)`` segment-index ranges, innermost first, searched in turn.
+        seg: the current segment (anchor of ``-F`` paths), or -1 at the message level.
+        field, rep: the current repetition (anchor of ``.C`` paths), when iterating one.
+        index: 1-based position in the innermost ``each`` (``@index``).
+    """
+
+    __slots__ = ("doc", "field", "index", "ranges", "rep", "seg")
+
+    def __init__(
+        self, doc: Hl7Doc, ranges: tuple[tuple[int, int], ...], seg: int = -1,
+        field: int = 0, rep: int = 0, index: int = 1,
+    ) -> None:
+        self.doc = doc
+        self.ranges = ranges
+        self.seg = seg
+        self.field = field
+        self.rep = rep
+        self.index = index
+
+    @property
+    def anchor(self) -> int:
+        return self.seg
+
+    def contains(self, anchor: Any) -> bool:
+        lo, hi = self.ranges[0]
+        return isinstance(anchor, int) and lo <= anchor < hi
+
+    def first(self, name: str, occ: int) -> int:
+        """Position of occurrence ``occ`` (1-based) of ``name`` in the scope, or -1."""
+        positions = self.doc.index.get(name)
+        if not positions:
+            return -1
+        for lo, hi in self.ranges:
+            n = 0
+            for p in positions:
+                if lo <= p < hi:
+                    n += 1
+                    if n == occ:
+                        return p
+            if n:
+                return -1
+        return -1
+
+    def find(self, name: str) -> tuple[list[int], int, int]:
+        """Positions of ``name`` in the first range holding it, that range's index and end."""
+        positions = self.doc.index.get(name)
+        if not positions:
+            return [], 0, 0
+        for n, (lo, hi) in enumerate(self.ranges):
+            found = [p for p in positions if lo <= p < hi]
+            if found:
+                return found, n, hi
+        return [], 0, 0
+
+
+def root_scope(msg: Hl7Message) -> Hl7Scope:
+    doc = Hl7Doc(msg)
+    return Hl7Scope(doc, ((0, len(msg.segments)),))
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7Path:
+    """A compiled HL7 source path (see the module docstring)."""
+
+    text: str
+    kind: str  # "abs", "seg" (relative to segment), "rep" (relative to repetition)
+    segment: str | None
+    occ: int | None  # None = first; STAR = all
+    field: int | None
+    rep: int | None  # None = first; STAR = all
+    comp: int | None
+    sub: int | None
+    where: Condition | None
+
+    @property
+    def multi(self) -> bool:
+        return self.occ == STAR or self.rep == STAR
+
+    @property
+    def selects_segment(self) -> bool:
+        return self.field is None and self.kind != "rep"
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    def _segments(self, scope: Hl7Scope, run: Any) -> list[Hl7Scope]:
+        """Scopes of the selected segments (item scopes when iterating occurrences)."""
+        if self.kind != "abs":
+            return [scope] if scope.seg >= 0 else []
+        assert self.segment is not None
+        found, n, hi = scope.find(self.segment)
+        if not found:
+            return []
+        if self.occ == STAR:
+            outer = scope.ranges[n + 1 :]
+            header = ((scope.ranges[n][0], found[0]),)
+            items = []
+            for k, pos in enumerate(found):
+                end = found[k + 1] if k + 1 < len(found) else hi
+                items.append(
+                    Hl7Scope(scope.doc, ((pos, end), *header, *outer), pos, index=k + 1)
+                )
+            if self.where is not None and self.rep != STAR:
+                items = [s for s in items if self.where.test(s, run)]
+                for number, item in enumerate(items, start=1):
+                    item.index = number
+            return items
+        k = (self.occ or 1) - 1
+        if k >= len(found):
+            return []
+        pos = found[k]
+        end = found[k + 1] if k + 1 < len(found) else hi
+        return [Hl7Scope(scope.doc, ((pos, end), *scope.ranges[n:]), pos)]
+
+    def _positions(self, scope: Hl7Scope, run: Any) -> list[int]:
+        """Segment positions this path reads (no item scopes needed)."""
+        if self.kind != "abs":
+            return [scope.seg] if scope.seg >= 0 else []
+        if self.occ != STAR:
+            assert self.segment is not None
+            pos = scope.first(self.segment, self.occ or 1)
+            return [pos] if pos >= 0 else []
+        if self.where is not None and self.rep != STAR:
+            return [s.seg for s in self._segments(scope, run)]
+        found, _, _ = scope.find(self.segment or "")
+        return found
+
+    def _repetitions(self, scope: Hl7Scope, run: Any) -> list[tuple[int, str, int]]:
+        """(segment position, raw repetition text, repetition index) of the selected field."""
+        doc = scope.doc
+        if self.kind == "rep":
+            if scope.seg < 0:
+                return []
+            reps = doc.reps(scope.seg, scope.field)
+            return [(scope.seg, reps[scope.rep] if scope.rep < len(reps) else "", scope.rep)]
+        out: list[tuple[int, str, int]] = []
+        f = self.field
+        assert f is not None
+        for pos in self._positions(scope, run):
+            if f <= 2 and doc.msg.segments[pos].startswith("MSH"):
+                fields = doc.msg.fields(pos)
+                out.append((pos, fields[f] if f < len(fields) else "", 0))
+                continue
+            reps = doc.reps(pos, f)
+            if self.rep == STAR:
+                for k, text in enumerate(reps):
+                    if not text:
+                        continue
+                    if self.where is not None:
+                        item = Hl7Scope(doc, scope.ranges, pos, f, k)
+                        if not self.where.test(item, run):
+                            continue
+                    out.append((pos, text, k))
+            else:
+                k = (self.rep or 1) - 1
+                if k < len(reps):
+                    out.append((pos, reps[k], k))
+        return out
+
+    def values(self, scope: Hl7Scope, run: Any) -> list[Any]:
+        doc = scope.doc
+        comp = (self.comp or 1) - 1
+        sub = (self.sub or 1) - 1
+        if self.kind == "abs" and self.occ != STAR and self.rep != STAR:
+            # The common case (PID-7, PV1-19.1): one segment, one repetition.
+            pos = scope.first(self.segment or "", self.occ or 1)
+            if pos < 0:
+                return []
+            f = self.field or 0
+            if f <= 2 and self.segment == "MSH":
+                fields = doc.msg.fields(pos)
+                raw = fields[f] if f < len(fields) else ""
+                return [raw] if raw else []
+            reps = doc.reps(pos, f)
+            k = (self.rep or 1) - 1
+            if k >= len(reps):
+                return []
+            value = doc.leaf(reps[k], comp, sub)
+            return [value] if value else []
+        out: list[Any] = []
+        for _pos, text, _ in self._repetitions(scope, run):
+            if self.field is not None and self.field <= 2 and self.segment == "MSH":
+                if text:
+                    out.append(text)
+                continue
+            value = doc.leaf(text, comp, sub)
+            if value:
+                out.append(value)
+        return out
+
+    def nodes(self, scope: Hl7Scope, run: Any) -> list[Hl7Scope]:
+        if self.field is None and self.kind != "rep":
+            return self._segments(scope, run)
+        if self.kind == "rep":
+            return [scope]
+        items: list[Hl7Scope] = []
+        f = self.field or 0
+        for seg_scope in self._segments(scope, run):
+            reps = scope.doc.reps(seg_scope.seg, f)
+            if self.rep == STAR:
+                chosen = [k for k, text in enumerate(reps) if text]
+            else:
+                k = (self.rep or 1) - 1
+                chosen = [k] if k < len(reps) else []
+            for k in chosen:
+                item = Hl7Scope(scope.doc, seg_scope.ranges, seg_scope.seg, f, k,
+                                len(items) + 1)
+                if self.where is not None and self.rep == STAR:
+                    if not self.where.test(item, run):
+                        continue
+                    item.index = len(items) + 1
+                items.append(item)
+        return items
+
+
+def _pos(text: str | None, what: str) -> int | None:
+    if text is None:
+        return None
+    if text == "*":
+        return STAR
+    n = int(text)
+    if n < 1:
+        raise ValueError(f"{what} numbers start at 1")
+    return n
+
+
+def compile_hl7_path(text: str) -> Hl7Path:
+    """Compile a source path; raises ValueError naming what is wrong."""
+    raw = text
+    text, where_text = split_where(text.strip())
+    m = _ABS.match(text)
+    kind = "abs"
+    if m is None:
+        m = _REL_SEG.match(text)
+        kind = "seg"
+    if m is None:
+        m = _REL_REP.match(text)
+        kind = "rep"
+    if m is None:
+        raise ValueError(_explain(text))
+    groups = m.groupdict()
+    path = Hl7Path(
+        text=raw,
+        kind=kind,
+        segment=groups.get("seg"),
+        occ=_pos(groups.get("occ"), "segment occurrence"),
+        field=_pos(groups.get("field"), "field"),
+        rep=_pos(groups.get("rep"), "repetition"),
+        comp=_pos(groups.get("comp"), "component"),
+        sub=_pos(groups.get("sub"), "sub-component"),
+        where=None,
+    )
+    if path.segment == "MSH" and path.field in (1, 2) and (path.comp or path.rep):
+        raise ValueError("MSH-1 and MSH-2 are the delimiters: they have no components")
+    if where_text is not None:
+        if not where_text:
+            raise ValueError("'where' needs a condition")
+        if not path.multi:
+            raise ValueError(
+                "'where' filters the items of a [*]: write e.g. PID-3[*] where .5 = \"MR\""
+            )
+        cond = compile_condition(where_text, compile_hl7_path)
+        object.__setattr__(path, "where", cond)
+    return path
+
+
+def _explain(text: str) -> str:
+    if not text:
+        return "empty path"
+    if re.match(r"[A-Za-z]{3}\.\d", text):
+        return f"{text!r}: write fields with a dash, e.g. {text[:3].upper()}-{text[4:]}"
+    if re.match(r"[a-z][a-z0-9]{2}\b", text):
+        return f"{text!r}: segment names are upper case ({text[:3].upper()})"
+    if re.match(r"[A-Z][A-Z0-9]{2}-\d+\[[^\]]*\]?", text) and "[" in text:
+        return f"{text!r}: a repetition is [N] (from 1) or [*]"
+    return (
+        f"{text!r} is not an HL7 path (expected SEG-F[.C[.S]] such as PID-3.1, "
+        "PID-3[2].1, OBX[*]-5, or .C / -F inside a group)"
+    )
