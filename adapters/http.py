@@ -18,7 +18,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import ClassVar, Literal
 
 import aiohttp
 import orjson
@@ -66,7 +66,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class HttpListener:
     """One aiohttp server per address, shared by every source that listens there."""
 
-    _by_address: dict[str, HttpListener] = {}
+    _by_address: ClassVar[dict[str, HttpListener]] = {}
 
     def __init__(self, listen: str) -> None:
         self.listen = listen
@@ -305,7 +305,9 @@ class HttpDestinationConfig(DestinationSettings):
     def _status_keys(cls, value: dict[str, OutcomeName]) -> dict[str, OutcomeName]:
         for key in value:
             if not re.fullmatch(r"[1-5](\d\d|xx)", key):
-                raise ValueError(f"outcome key {key!r} must be a status like 404 or a class like 4xx")
+                raise ValueError(
+                    f"outcome key {key!r} must be a status like 404 or a class like 4xx"
+                )
         return value
 
     def build(self, channel: str) -> HttpDestination:

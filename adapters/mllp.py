@@ -273,6 +273,9 @@ class FrameReader:
 # -- destination ----------------------------------------------------------------------------
 
 AckAction = Literal["ack", "retry", "dead_letter"]
+DEFAULT_ACK_CODES: dict[str, AckAction] = {
+    "AA": "ack", "CA": "ack", "AE": "retry", "CE": "retry", "AR": "dead_letter", "CR": "dead_letter",
+}
 
 
 class MllpDestinationConfig(DestinationSettings):
@@ -291,12 +294,7 @@ class MllpDestinationConfig(DestinationSettings):
     ack_timeout: float = Field(default=30.0, gt=0)
     max_frame_bytes: int = Field(default=1_048_576, ge=1024)
     connections: int = Field(default=1, ge=1, le=64)
-    ack_codes: dict[str, AckAction] = Field(
-        default_factory=lambda: {
-            "AA": "ack", "CA": "ack", "AE": "retry", "CE": "retry",
-            "AR": "dead_letter", "CR": "dead_letter",
-        }
-    )
+    ack_codes: dict[str, AckAction] = Field(default_factory=lambda: dict(DEFAULT_ACK_CODES))
 
     def build(self, channel: str) -> MllpDestination:
         return MllpDestination(self)

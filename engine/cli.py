@@ -9,9 +9,12 @@ import signal
 import sys
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from engine import logsetup
 from engine.config import Config, load_config
 from engine.errors import ConfigError
+from engine.settings import Secret
 
 EXIT_CONFIG = 2
 
@@ -40,16 +43,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _secrets(config: Config) -> list[tuple[str, object]]:
-    from engine.settings import Secret
-
-    found: list[tuple[str, object]] = []
+def _secrets(config: Config) -> list[tuple[str, Secret]]:
+    found: list[tuple[str, Secret]] = []
 
     def walk(obj: object, path: str) -> None:
         if isinstance(obj, Secret):
             found.append((path, obj))
-        elif hasattr(obj, "model_fields"):
-            for name in type(obj).model_fields:  # type: ignore[attr-defined]
+        elif isinstance(obj, BaseModel):
+            for name in type(obj).model_fields:
                 walk(getattr(obj, name), f"{path}.{name}" if path else name)
         elif isinstance(obj, list):
             for i, item in enumerate(obj):

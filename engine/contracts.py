@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from engine.hl7 import Hl7Message
 from engine.message import Message
 from queues.contract import Envelope
 

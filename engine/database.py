@@ -158,7 +158,7 @@ class Database:
             results = self._run_batch(conn, batch)
             loop.call_soon_threadsafe(_resolve_all, results)
         # Fail whatever arrived after the stop request instead of leaving it hanging.
-        leftovers = []
+        leftovers: list[_Result] = []
         while True:
             try:
                 item = self._ops.get_nowait()

@@ -79,8 +79,8 @@ class Progress:
         self.out.flush()
 
 
-async def _drained(engine: Engine, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
+async def _drained(engine: Engine, within: float) -> bool:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         depths = [await engine.backend.depth(rt.worker.queue) for rt in engine.channels.values()]
         depths += [await engine.backend.depth(d.queue) for rt in engine.channels.values()

@@ -284,7 +284,11 @@ _ESCAPE_SEQ = re.compile(r"\\(F|S|T|R|E|\.br|X[0-9A-Fa-f]*|H|N)\\")
 
 
 def unescape(value: str, seps: Hl7Message | None = None) -> str:
-    """Undo HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\.br\\ \\Xhh\\; \\H\\ \\N\\ dropped)."""
+    """Undo HL7 escape sequences.
+
+    Handles \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\.br\\ and \\Xhh\\; highlighting
+    (\\H\\, \\N\\) is dropped.
+    """
     e = seps.escape_char if seps else "\\"
     if e not in value:
         return value

@@ -37,7 +37,7 @@ class Counter:
         self.name, self.help = name, help_text
         self.values: dict[Labels, float] = defaultdict(float)
 
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
+    def inc(self, amount: float = 1.0, /, **labels: str) -> None:
         self.values[_labels(labels)] += amount
 
     def get(self, **labels: str) -> float:

@@ -244,4 +244,8 @@ _MESSAGE_COLUMNS = (
 
 def _stored(row: Any) -> StoredMessage:
     headers = orjson.loads(row[9]) if row[9] else {}
-    return StoredMessage(*row[:9], headers, *row[10:])  # type: ignore[arg-type]
+    return StoredMessage(
+        id=row[0], channel=row[1], content_type=row[2], dedup_key=row[3],
+        correlation_id=row[4], message_type=row[5], control_id=row[6], received_at=row[7],
+        status=row[8], headers=headers, body=row[10], mapped=row[11], mapped_type=row[12],
+    )

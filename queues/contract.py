@@ -104,7 +104,9 @@ class QueueBackend(Protocol):
         """
         ...
 
-    async def publish(self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0) -> None:
+    async def publish(
+        self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0
+    ) -> None:
         """Durably enqueue envelopes; raises QueueFull or QueueUnavailable."""
         ...
 

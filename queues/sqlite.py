@@ -98,8 +98,9 @@ class Staging:
 
     def retry(self, delivery: Delivery, *, at: float, reason: str) -> None:
         self.conn.execute(
-            "UPDATE queue_items SET state = 'delayed', next_attempt_at = ?, failures = failures + 1,"
-            " first_failed_at = COALESCE(first_failed_at, ?), last_error = ? WHERE id = ?",
+            "UPDATE queue_items SET state = 'delayed', next_attempt_at = ?,"
+            " failures = failures + 1, first_failed_at = COALESCE(first_failed_at, ?),"
+            " last_error = ? WHERE id = ?",
             (at, self.now, reason, delivery.tag),
         )
         self.retried.add(delivery.queue)
@@ -195,7 +196,9 @@ class SqliteQueue:
 
     # -- QueueBackend ----------------------------------------------------------------------
 
-    async def publish(self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0) -> None:
+    async def publish(
+        self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0
+    ) -> None:
         self.check_capacity(len(envelopes))
         await self.transaction(lambda s: s.publish(queue, envelopes, delay=delay))
 

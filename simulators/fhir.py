@@ -186,7 +186,9 @@ class FhirServer:
                             headers={"Location": f"{self.url}/{rtype}/{stored['id']}/_history/"
                                      f"{stored['meta']['versionId']}"})
 
-    def _store(self, rtype: str, rid: str | None, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _store(
+        self, rtype: str, rid: str | None, doc: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         _check_resource(doc)
         existing = self.resources[rtype].get(rid) if rid else None
         rid = rid or str(next(self._ids))
@@ -198,7 +200,7 @@ class FhirServer:
 
     def _bundle(self, doc: dict[str, Any], mid: str) -> web.Response:
         entries = doc.get("entry") or []
-        results = []
+        results: list[dict[str, Any]] = []
         transaction = doc.get("type") == "transaction"
         staged: list[tuple[str, str | None, dict[str, Any]]] = []
         for n, entry in enumerate(entries):
@@ -217,9 +219,9 @@ class FhirServer:
                 if res.get("resourceType") != rtype:
                     raise _Invalid(f"entry {n}: resourceType does not match request.url")
                 _check_resource(res)
-        for rtype, rid, res in staged:
+        for rtype, target_id, res in staged:
             try:
-                status, stored = self._store(rtype, rid, res)
+                status, stored = self._store(rtype, target_id, res)
                 results.append({"response": {
                     "status": f"{status} {'Created' if status == 201 else 'OK'}",
                     "location": f"{rtype}/{stored['id']}/_history/{stored['meta']['versionId']}"}})

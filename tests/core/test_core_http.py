@@ -65,7 +65,8 @@ def http_channel(dest: str, *, token: str = "", extra: str = "") -> str:
     return f"""
         [[channels]]
         name = "api"
-        source = {{ type = "http", listen = "127.0.0.1:0", path = "/in", max_body_bytes = 4096{tok} }}
+        source = {{ type = "http", listen = "127.0.0.1:0", path = "/in",
+                   max_body_bytes = 4096{tok} }}
         {extra}
         [[channels.destinations]]
         {dest}

@@ -26,7 +26,8 @@ def config_for(tmp_path: Path, receiver_port: int, **extra: str) -> str:
     return f"""
         [[channels]]
         name = "his"
-        source = {{ type = "mllp", listen = "127.0.0.1:0", max_frame_bytes = {extra.get('limit', '65536')} }}
+        source = {{ type = "mllp", listen = "127.0.0.1:0",
+                   max_frame_bytes = {extra.get('limit', '65536')} }}
         [[channels.destinations]]
         name = "cdr"
         type = "mllp"
@@ -34,7 +35,8 @@ def config_for(tmp_path: Path, receiver_port: int, **extra: str) -> str:
         port = {receiver_port}
         ordered = {extra.get('ordered', 'true')}
         ack_timeout = 2.0
-        retry = {{ max_attempts = {extra.get('attempts', '50')}, initial_delay = 0.05, max_delay = 0.2 }}
+        retry = {{ max_attempts = {extra.get('attempts', '50')}, initial_delay = 0.05,
+                  max_delay = 0.2 }}
     """
 
 
@@ -71,7 +73,7 @@ async def test_message_flows_end_to_end_and_is_stored(tmp_path: Path, engines: l
 
 async def test_aa_only_after_durable_commit(tmp_path: Path, engines: list[Engine],
                                             receiver: HisReceiver) -> None:
-    engine, client = await start(tmp_path, engines, receiver)
+    _, client = await start(tmp_path, engines, receiver)
     # Hold the database's write lock from another connection: the engine cannot commit.
     blocker = sqlite3.connect(tmp_path / "hisbridge.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
@@ -263,7 +265,7 @@ async def test_frame_reader_memory_is_bounded() -> None:
 async def test_every_corpus_file_gets_an_answer(
     tmp_path: Path, engines: list[Engine], receiver: HisReceiver
 ) -> None:
-    engine, client = await start(tmp_path, engines, receiver, limit="1048576")
+    _, client = await start(tmp_path, engines, receiver, limit="1048576")
     files = sorted((SHARED / "corpora" / "hl7v2").rglob("*.hl7"))
     codes: dict[str, int] = {}
     for path in files:
