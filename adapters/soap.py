@@ -42,7 +42,7 @@ import orjson
 import zeep
 import zeep.exceptions
 import zeep.helpers
-from lxml import etree  # type: ignore[import-untyped]
+from lxml import etree
 from pydantic import Field
 from zeep.settings import Settings
 from zeep.transports import Transport
@@ -250,7 +250,10 @@ class SoapDestination:
         except (zeep.exceptions.Error, etree.XMLSyntaxError, ValueError) as exc:
             raise PermanentError(f"{operation}: unreadable answer: {exc}") from None
         serialized = zeep.helpers.serialize_object(result, dict)  # type: ignore[no-untyped-call]
-        return self._result(operation, serialized)
+        label = operation
+        if self.config.pipe is not None:
+            label += f" funcno={envelope.headers.get('funcno') or self.config.pipe.funcno}"
+        return self._result(label, serialized)
 
     def _arguments(self, envelope: Envelope) -> tuple[str, list[Any], dict[str, Any]]:
         pipe = self.config.pipe
@@ -352,7 +355,8 @@ class SoapDestination:
         documents: dict[str, etree._Element] = {}
         for key, part in parts.items():
             if isinstance(part, str) and part.lstrip().startswith("<"):
-                documents[key] = parse_untrusted(part, f"{operation} result {key}")
+                where = f"{operation} result" + ("" if key == "result" else f" {key}")
+                documents[key] = parse_untrusted(part, where)
         name: str | None = cfg.result_part or next(iter(documents), None)
         if cfg.result_part and cfg.result_part not in parts:
             raise PermanentError(f"{operation}: answer has no part {cfg.result_part!r}")

@@ -11,6 +11,8 @@ Verdicts:
 - ``permanent``: ``PermanentError`` carrying ``err_msg`` (dead-letter).
 - ``transient``: ``TransientError`` (retry later; the platform asked to come back).
 - ``resign``: renew the 9001 sign-in and resend once, then permanent if it persists.
+- ``resend``: the call was refused before processing for a reason a fresh ``msgid`` cures
+  (the platform already saw that msgid: a restart within the same second); resend once.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Literal
 
 from engine.settings import Model
 
-Verdict = Literal["success", "permanent", "transient", "resign"]
+Verdict = Literal["success", "permanent", "transient", "resign", "resend"]
 
 DEFAULT_INFCODES: dict[str, Verdict] = {"0": "success", "-1": "permanent"}
 
@@ -34,6 +36,7 @@ class ErrMsgRule(Model):
 DEFAULT_RULES: tuple[ErrMsgRule, ...] = (
     ErrMsgRule(contains="重新签到", verdict="resign"),
     ErrMsgRule(contains="签到编号", verdict="resign"),
+    ErrMsgRule(contains="报文ID重复", verdict="resend"),
     ErrMsgRule(contains="系统繁忙", verdict="transient"),
 )
 

@@ -31,6 +31,7 @@ from adapters.nhsa.auth import GatewayAuth, NoAuth
 from adapters.nhsa.classify import Classifier
 from adapters.nhsa.envelope import (
     Answer,
+    MalformedAnswer,
     MsgIdGenerator,
     decode_answer,
     encode_json,
@@ -45,6 +46,8 @@ from engine.errors import PermanentError, TransientError
 
 log = logging.getLogger("hisbridge.adapters.nhsa")
 
+__all__ = ["MalformedAnswer", "NhsaClient", "NotSent", "Refused", "Reply", "Unanswered"]
+
 
 class NotSent(TransientError):
     """The request never reached the platform."""
@@ -52,10 +55,6 @@ class NotSent(TransientError):
 
 class Unanswered(TransientError):
     """The request may have been processed, but no usable answer arrived."""
-
-
-class MalformedAnswer(PermanentError):
-    """An answer that cannot be read or does not add up."""
 
 
 class Refused(PermanentError):
@@ -318,6 +317,10 @@ class NhsaClient:
                 log.info("%s: platform asked for a new sign-in; signing in again", infno)
                 self.session.invalidate(sign_no)
                 continue
+            if verdict == "resend" and attempt == 1:
+                log.info("%s msgid=%s refused as a repeat; resending with a new msgid",
+                         infno, msgid)
+                continue
             text = f"{infno} refused (infcode {answer.infcode}): {answer.err_msg or 'no err_msg'}"
             if verdict == "transient":
                 raise TransientError(text)
@@ -351,6 +354,8 @@ class NhsaClient:
         inst = self.institution
         body = encode_json({"signIn": {"opter_no": inst.opter, "mac": inst.mac, "ip": inst.ip}})
         msgid, answer, _ = await self.exchange("9001", body)
+        if self.classifier.verdict(answer.infcode, answer.err_msg) == "resend":
+            msgid, answer, _ = await self.exchange("9001", body)
         if self.classifier.verdict(answer.infcode, answer.err_msg) != "success":
             raise Refused(
                 f"9001 sign-in refused (infcode {answer.infcode}): {answer.err_msg}",

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import Field
 
 from adapters.nhsa.auth import GatewayAuth, NoAuth
-from adapters.nhsa.classify import Classifier, ErrMsgRule, Verdict
+from adapters.nhsa.classify import DEFAULT_RULES, Classifier, ErrMsgRule, Verdict
 from adapters.nhsa.client import Institution, NhsaClient
 from adapters.nhsa.destination import NhsaDestination
 from adapters.nhsa.indoubt import DEFAULT_ABSENT, Resolver
@@ -75,7 +75,21 @@ class InDoubtConfig(Model):
 
 
 class NhsaDestinationConfig(DestinationSettings):
-    """A national medical-insurance platform (国家医保信息平台) endpoint."""
+    """A national medical-insurance platform (国家医保信息平台) endpoint.
+
+    Attributes:
+        url, path: the platform's base URL and the ``callService`` path.
+        infno: the transaction when the envelope names none.
+        insuplc_admdvs: default insured area, when neither header nor document gives one.
+        auth: the gateway scheme (``adapters.nhsa.auth``).
+        timeout, timeouts: seconds per call, and per transaction code.
+        msgid_node: this process's digit in the msgid sequence (several processes).
+        infcodes: ``infcode`` → verdict, over the built-in ``{"0": success, "-1": permanent}``.
+        err_msg_rules: ``{contains, verdict}`` rules tried before the built-in ones
+            (``adapters.nhsa.classify``).
+        peer_time_header: a response header with the peer's processing time in
+            microseconds (the simulator's ``X-Sim-Elapsed-Us``), for overhead measurements.
+    """
 
     type: Literal["nhsa"]
     url: str = Field(pattern=r"^https?://[^/\s]+")
@@ -105,7 +119,7 @@ class NhsaDestinationConfig(DestinationSettings):
     validate_input: bool = True
     validate_output: bool = True
     infcodes: dict[str, Verdict] = Field(default_factory=dict)
-    err_msg_rules: list[ErrMsgRule] | None = None
+    err_msg_rules: list[ErrMsgRule] = Field(default_factory=list)
     in_doubt: InDoubtConfig = InDoubtConfig()
     max_answer_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     peer_time_header: str | None = None
@@ -120,7 +134,7 @@ class NhsaDestinationConfig(DestinationSettings):
         )
         return NhsaClient(
             self.url.rstrip("/") + self.path, institution, auth=self.auth,
-            classifier=Classifier(self.infcodes, self.err_msg_rules),
+            classifier=Classifier(self.infcodes, [*self.err_msg_rules, *DEFAULT_RULES]),
             timeout=self.timeout, connect_timeout=self.connect_timeout,
             timeouts=self.timeouts, msgid_node=self.msgid_node,
             sign_in=self.sign_in.enabled, sign_in_ttl=self.sign_in.ttl,

@@ -11,6 +11,7 @@ It is decoded with decimals as ``Decimal`` (never float) and re-encoded the same
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -23,13 +24,20 @@ import orjson
 from engine.errors import PermanentError
 
 
+class MalformedAnswer(PermanentError):
+    """An answer that cannot be read or does not add up."""
+
+
 class MsgIdGenerator:
     """``msgid`` = institution code (12) + ``yyyyMMddHHmmss`` + a 4-digit sequence.
 
-    The sequence restarts every second. When a second's sequence is used up the generator
-    borrows the next second, so ids stay unique and increasing within a process. With several
-    processes sending for one institution, give each a distinct ``node`` digit (0-9): it
-    becomes the sequence's first digit, leaving 1000 ids per second per process.
+    The sequence restarts every second at a random point in the lower half of its range, so
+    that a process restarted within the same second is unlikely to repeat an id (and the
+    platform's "duplicate msgid" refusal is resent once with a fresh id, see ``classify``).
+    When a second's sequence is used up the generator borrows the next second, so ids stay
+    unique and increasing within a process. With several processes sending for one
+    institution, give each a distinct ``node`` digit (0-9): it becomes the sequence's first
+    digit, leaving 1000 ids per second per process.
     """
 
     def __init__(self, fixmedins_code: str, node: int | None = None) -> None:
@@ -46,7 +54,7 @@ class MsgIdGenerator:
         with self._lock:
             second = int(time.time() if now is None else now)
             if second > self._second:
-                self._second, self._seq = second, 0
+                self._second, self._seq = second, secrets.randbelow(self._limit // 2)
             elif self._seq >= self._limit:
                 self._second, self._seq = self._second + 1, 0
             seq = self._seq
@@ -95,18 +103,18 @@ def decode_answer(raw: bytes, infno: str) -> Answer:
     """Read an answer envelope.
 
     Raises:
-        PermanentError: not JSON, not an object, or without ``infcode``.
+        MalformedAnswer: not JSON, not an object, or without ``infcode``.
     """
     try:
         doc = decode_json(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         snippet = raw[:80].decode("utf-8", "replace")
-        raise PermanentError(f"{infno} answer is not JSON ({exc}): {snippet!r}") from None
+        raise MalformedAnswer(f"{infno} answer is not JSON ({exc}): {snippet!r}") from None
     if not isinstance(doc, dict):
-        raise PermanentError(f"{infno} answer is not a JSON object")
+        raise MalformedAnswer(f"{infno} answer is not a JSON object")
     infcode = doc.get("infcode")
     if infcode is None or isinstance(infcode, (dict, list)):
-        raise PermanentError(f"{infno} answer has no infcode")
+        raise MalformedAnswer(f"{infno} answer has no infcode")
     return Answer(
         infcode=str(infcode),
         err_msg=str(doc.get("err_msg") or ""),

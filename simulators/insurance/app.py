@@ -59,6 +59,10 @@ class Simulator:
         return f"http://{self.host}:{self.port}"
 
     async def close(self) -> None:
+        """Stop serving and close the database (idempotent)."""
+        if self.settings.get("closed"):
+            return
+        self.settings["closed"] = True
         self.faults.released.set()
         await self.runner.cleanup()
         self.store.close()
