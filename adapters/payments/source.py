@@ -29,6 +29,8 @@ from pydantic import Field, model_validator
 from adapters.alipay.notify import AlipayNotifyVerifier
 from adapters.alipay.settings import AlipaySettings
 from adapters.payments.notify import NotifyVerifier, PaymentNotifySource
+from adapters.unionpay.notify import UnionPayNotifyVerifier
+from adapters.unionpay.settings import UnionPaySettings
 from adapters.wechatpay.notify import WechatPayNotifyVerifier
 from adapters.wechatpay.settings import WechatPaySettings
 from engine.settings import HostPort, Model
@@ -56,10 +58,11 @@ class PaymentNotifyConfig(Model):
     max_body: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     wechatpay: WechatPaySettings | None = None
     alipay: AlipaySettings | None = None
+    unionpay: UnionPaySettings | None = None
 
     @model_validator(mode="after")
     def _account_of_gateway(self) -> PaymentNotifyConfig:
-        given = [g for g in ("wechatpay", "alipay") if getattr(self, g) is not None]
+        given = [g for g in ("wechatpay", "alipay", "unionpay") if getattr(self, g) is not None]
         if given != [self.gateway]:
             raise ValueError(f"give the [{self.gateway}] account table (and only that one)")
         return self
@@ -67,8 +70,10 @@ class PaymentNotifyConfig(Model):
     def verifier(self) -> NotifyVerifier:
         if self.wechatpay is not None:
             return WechatPayNotifyVerifier(self.wechatpay)
-        assert self.alipay is not None
-        return AlipayNotifyVerifier(self.alipay)
+        if self.alipay is not None:
+            return AlipayNotifyVerifier(self.alipay)
+        assert self.unionpay is not None
+        return UnionPayNotifyVerifier(self.unionpay)
 
     def build(self, channel: str) -> PaymentNotifySource:
         return PaymentNotifySource(channel=channel, verifier=self.verifier(), listen=self.listen,

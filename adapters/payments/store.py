@@ -494,20 +494,29 @@ def _reject(conn: sqlite3.Connection, event: PaymentEvent, remote: str | None, r
 
 
 def _apply(conn: sqlite3.Connection, event: PaymentEvent, remote: str | None) -> ApplyResult:
+    refund: Refund | None = None
+    if event.kind is EventKind.REFUND:
+        refund = _refund(conn, event.gateway, event.out_refund_no)
+        if refund is None or event.out_trade_no not in ("", refund.out_trade_no):
+            return _reject(conn, event, remote, "unknown_refund",
+                           f"refund {event.source} for a refund we did not request")
+        # UnionPay names only the refund: its order is the one we reserved it on.
+        event = replace(event, out_trade_no=refund.out_trade_no)
     order = _order(conn, event.gateway, event.out_trade_no)
     if order is None:
         return _reject(conn, event, remote, "unknown_order",
                        f"{event.kind} {event.source} for an order we did not create")
-    if event.amount_fen != order.amount_fen:
+    # A refund event may leave the order total unstated (0); a payment event may not.
+    allowed = (order.amount_fen,) if refund is None else (0, order.amount_fen)
+    if event.amount_fen not in allowed:
         return _reject(conn, event, remote, "amount_mismatch",
                        f"{event.kind} {event.source} states {event.amount_fen} fen, "
                        f"the order is {order.amount_fen} fen")
-    refund: Refund | None = None
-    if event.kind is EventKind.REFUND:
-        refund = _refund(conn, event.gateway, event.out_refund_no)
-        if refund is None or refund.out_trade_no != order.out_trade_no:
-            return _reject(conn, event, remote, "unknown_refund",
-                           f"refund {event.source} for a refund we did not request")
+    if (event.gateway_trade_no and order.gateway_trade_no
+            and event.gateway_trade_no != order.gateway_trade_no):
+        return _reject(conn, event, remote, "trade_mismatch",
+                       f"{event.kind} {event.source} names another gateway trade")
+    if refund is not None:
         if event.refund_fen and event.refund_fen != refund.amount_fen:
             return _reject(conn, event, remote, "amount_mismatch",
                            f"refund {event.source} states {event.refund_fen} fen, "

@@ -59,6 +59,30 @@ def trusted_signer(
     return None
 
 
+def check_fields(
+    fields: Mapping[str, str], roots: Sequence[x509.Certificate], signer_name: str
+) -> str | None:
+    """Why a gateway message must be refused, or None when it verifies.
+
+    Returns ``missing_signature``, ``untrusted_certificate`` (not issued by a configured CA,
+    expired, or not the gateway's name) or ``bad_signature``.
+    """
+    if not fields.get("signature") or not fields.get("signPubKeyCert"):
+        return "missing_signature"
+    if fields.get("signMethod", "01") != "01":
+        return "bad_signature"
+    key = trusted_signer(fields["signPubKeyCert"], roots)
+    if key is None or signer_name not in _common_name(fields["signPubKeyCert"]):
+        return "untrusted_certificate"
+    return None if verify_fields(key, fields) else "bad_signature"
+
+
+def _common_name(cert_pem: str) -> str:
+    cert = x509.load_pem_x509_certificate(cert_pem.strip().encode("ascii"))
+    names = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
 def cert_id(cert: x509.Certificate) -> str:
     """``certId``: the certificate serial in decimal."""
     return str(cert.serial_number)
