@@ -62,11 +62,11 @@ async def fhir() -> FhirServer:
 
 def http_channel(dest: str, *, token: str = "", extra: str = "") -> str:
     tok = f', token = "{token}"' if token else ""
+    source = 'type = "http", listen = "127.0.0.1:0", path = "/in", max_body_bytes = 4096'
     return f"""
         [[channels]]
         name = "api"
-        source = {{ type = "http", listen = "127.0.0.1:0", path = "/in",
-                   max_body_bytes = 4096{tok} }}
+        source = {{ {source}{tok} }}
         {extra}
         [[channels.destinations]]
         {dest}

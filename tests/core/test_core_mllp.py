@@ -23,11 +23,12 @@ def message(cid: str) -> str:
 
 
 def config_for(tmp_path: Path, receiver_port: int, **extra: str) -> str:
+    limit = extra.get("limit", "65536")
+    attempts = extra.get("attempts", "50")
     return f"""
         [[channels]]
         name = "his"
-        source = {{ type = "mllp", listen = "127.0.0.1:0",
-                   max_frame_bytes = {extra.get('limit', '65536')} }}
+        source = {{ type = "mllp", listen = "127.0.0.1:0", max_frame_bytes = {limit} }}
         [[channels.destinations]]
         name = "cdr"
         type = "mllp"
@@ -35,8 +36,7 @@ def config_for(tmp_path: Path, receiver_port: int, **extra: str) -> str:
         port = {receiver_port}
         ordered = {extra.get('ordered', 'true')}
         ack_timeout = 2.0
-        retry = {{ max_attempts = {extra.get('attempts', '50')}, initial_delay = 0.05,
-                  max_delay = 0.2 }}
+        retry = {{ max_attempts = {attempts}, initial_delay = 0.05, max_delay = 0.2 }}
     """
 
 
