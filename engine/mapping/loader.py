@@ -115,10 +115,11 @@ def _source(text: Any, ctx: _Context, where: str, in_group: bool) -> Source | No
             return Special(s, s[1:])
         if s.startswith("@header:") and len(s) > 8:
             return Special(s, "header", s[8:])
-        ctx.problems.add(
-            where, f"unknown special source {s!r} (use {', '.join(_SPECIALS)}NAME)"
-        )
-        return None
+        if ctx.source != "xml":  # in XPath, @name is an attribute
+            ctx.problems.add(
+                where, f"unknown special source {s!r} (use {', '.join(_SPECIALS)}NAME)"
+            )
+            return None
     try:
         path = ctx.compile_path(s)
     except ValueError as exc:

@@ -339,16 +339,19 @@ class CompiledMapping:
 
     def _rule(self, rule: Rule, scope: Any, base: _Base | None, builder: Any, run: Run) -> None:
         try:
-            if rule.when is not None and not rule.when.test(scope, run):
-                return
             if rule.children is not None:
                 items = rule.each.nodes(scope, run) if rule.each is not None else [scope]
                 for item in items:
+                    # A group's condition is tested for each item, where its paths point.
+                    if rule.when is not None and not rule.when.test(item, run):
+                        continue
                     item_base = (
                         _Base(builder, rule.target, base) if rule.target is not None else base
                     )
                     for child in rule.children:
                         self._rule(child, item, item_base, builder, run)
+                return
+            if rule.when is not None and not rule.when.test(scope, run):
                 return
             sources = rule.sources
             if len(sources) == 1:
