@@ -296,3 +296,24 @@ async def test_full_queue_pushes_back_with_ae(tmp_path: Path, engines: list[Engi
     assert ae.get("MSA", 1) == "AE" and "cannot accept" in ae.unescape(ae.get("MSA", 3))
     assert engine.metrics.refused.total() >= 1
     await client.close()
+
+
+async def test_gbk_message_is_accepted_stored_raw_and_forwarded_unchanged(
+    tmp_path: Path, engines: list[Engine], receiver: HisReceiver
+) -> None:
+    engine, client = await start(tmp_path, engines, receiver)
+    text = message("GBK-1").replace("UNICODE UTF-8", "GB 18030-2000")
+    raw = text.encode("gb18030")
+    assert raw != text.encode()  # really GBK bytes, not UTF-8
+    from adapters.mllp import END, START
+
+    await client.send_raw(START + raw + END)
+    frame = await asyncio.wait_for(client.frames.next(), 10)
+    assert frame is not None
+    ack_text = frame.data.decode("gb18030")
+    assert "MSA|AA|GBK-1" in ack_text and "GB 18030-2000" in ack_text
+    await wait_for(lambda: receiver.received == ["GBK-1"])
+    assert receiver.bodies[0] == raw  # forwarded byte for byte
+    stored = (await engine.store.search(control_id="GBK-1"))[0]
+    assert stored.body == raw
+    await client.close()
