@@ -196,12 +196,16 @@ def normalize_private_key(text: str) -> str:
     return raw.hex()
 
 
+def public_key_of(private_hex: str) -> str:
+    """The public key (x || y hex) of an SM2 private key."""
+    public: str = _crypt(private_hex)._kg(int(private_hex, 16), _CURVE["g"])
+    return public
+
+
 def new_keypair() -> tuple[str, str]:
     """A fresh SM2 key pair as (private hex, public hex x || y)."""
-    d = secrets.randbelow(_N - 1) + 1
-    private = f"{d:064x}"
-    public: str = _crypt(private)._kg(d, _CURVE["g"])
-    return private, public
+    private = f"{secrets.randbelow(_N - 1) + 1:064x}"
+    return private, public_key_of(private)
 
 
 def sm2_sign(private_hex: str, public_hex: str, message: bytes) -> str:

@@ -28,6 +28,8 @@ from pydantic import Field, model_validator
 
 from adapters.alipay.notify import AlipayNotifyVerifier
 from adapters.alipay.settings import AlipaySettings
+from adapters.mobilepay.notify import MobilePayNotifyVerifier
+from adapters.mobilepay.settings import MobilePaySettings
 from adapters.payments.notify import NotifyVerifier, PaymentNotifySource
 from adapters.unionpay.notify import UnionPayNotifyVerifier
 from adapters.unionpay.settings import UnionPaySettings
@@ -59,10 +61,12 @@ class PaymentNotifyConfig(Model):
     wechatpay: WechatPaySettings | None = None
     alipay: AlipaySettings | None = None
     unionpay: UnionPaySettings | None = None
+    mobilepay: MobilePaySettings | None = None
 
     @model_validator(mode="after")
     def _account_of_gateway(self) -> PaymentNotifyConfig:
-        given = [g for g in ("wechatpay", "alipay", "unionpay") if getattr(self, g) is not None]
+        given = [g for g in ("wechatpay", "alipay", "unionpay", "mobilepay")
+                 if getattr(self, g) is not None]
         if given != [self.gateway]:
             raise ValueError(f"give the [{self.gateway}] account table (and only that one)")
         return self
@@ -72,8 +76,10 @@ class PaymentNotifyConfig(Model):
             return WechatPayNotifyVerifier(self.wechatpay)
         if self.alipay is not None:
             return AlipayNotifyVerifier(self.alipay)
-        assert self.unionpay is not None
-        return UnionPayNotifyVerifier(self.unionpay)
+        if self.unionpay is not None:
+            return UnionPayNotifyVerifier(self.unionpay)
+        assert self.mobilepay is not None
+        return MobilePayNotifyVerifier(self.mobilepay)
 
     def build(self, channel: str) -> PaymentNotifySource:
         return PaymentNotifySource(channel=channel, verifier=self.verifier(), listen=self.listen,

@@ -1,0 +1,96 @@
+"""Mobile-payment result notifications: open the SM4/SM2 envelope, turn into events.
+
+The platform posts the same envelope as its answers, sealed with the app secret and signed
+with its SM2 key; ``data.notifyType`` is ``PAY`` (with ``ordStas`` 6 for a settlement) or
+``REFUND`` (``appRefdSn``, ``totlRefdAmt``, ``refdStas``). Refused (and audited): an envelope
+that does not open or verify, another app's notification, a malformed amount. The answer is
+the JSON ``{"code": 0, "message": "成功"}`` (modelled; unconfirmed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from adapters.mobilepay import crypto
+from adapters.mobilepay.client import fen_of
+from adapters.mobilepay.settings import MobilePayCredentials, MobilePaySettings
+from adapters.payments.errors import CallbackRejected
+from adapters.payments.model import EventKind, PaymentEvent
+from adapters.payments.notify import NotifyAnswer, NotifyRequest
+from engine.errors import PermanentError
+
+
+class MobilePayNotifyVerifier:
+    gateway = "mobilepay"
+
+    def __init__(self, settings: MobilePaySettings,
+                 credentials: MobilePayCredentials | None = None) -> None:
+        self.settings = settings
+        self._creds = credentials
+
+    @property
+    def credentials(self) -> MobilePayCredentials:
+        if self._creds is None:
+            self._creds = self.settings.credentials()
+        return self._creds
+
+    async def verify(self, request: NotifyRequest) -> PaymentEvent:
+        try:
+            envelope = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            raise CallbackRejected("malformed", "notification is not JSON") from None
+        if not isinstance(envelope, dict) or not envelope.get("signData"):
+            raise CallbackRejected("missing_signature", "not a signed envelope")
+        if envelope.get("appId") != self.settings.app_id:
+            raise CallbackRejected("wrong_merchant", "notification for another app")
+        creds = self.credentials
+        try:
+            data = await asyncio.to_thread(crypto.open_envelope, envelope,
+                                           app_secret=creds.app_secret,
+                                           peer_public_hex=creds.platform_public_hex)
+        except crypto.EnvelopeError as exc:
+            reason = "bad_signature" if "signature" in str(exc) else "undecryptable"
+            raise CallbackRejected(reason, str(exc)[:80]) from None
+        try:
+            return self._event(data)
+        except PermanentError as exc:
+            raise CallbackRejected("malformed", str(exc)[:80],
+                                   out_trade_no=str(data.get("medOrgOrd") or "") or None
+                                   ) from None
+
+    def _event(self, data: dict[str, Any]) -> PaymentEvent:
+        no = str(data.get("medOrgOrd") or "")
+        if not no:
+            raise PermanentError("notification without medOrgOrd")
+        total = fen_of(data.get("feeSumamt"), "feeSumamt")
+        kind = data.get("notifyType")
+        pay_ord_id = str(data.get("payOrdId") or "")
+        if kind == "PAY":
+            status = str(data.get("ordStas"))
+            if status not in ("6", "15"):
+                raise PermanentError(f"PAY notification with ordStas {status[:4]}")
+            return PaymentEvent(self.gateway, EventKind.PAYMENT, no, total,
+                                succeeded=status == "6", gateway_trade_no=pay_ord_id,
+                                occurred_at=str(data.get("setlTime") or ""))
+        if kind == "REFUND":
+            status = str(data.get("refdStas"))
+            if status not in ("SUCC", "FAIL"):
+                raise PermanentError(f"REFUND notification with refdStas {status[:4]}")
+            return PaymentEvent(self.gateway, EventKind.REFUND, no, total,
+                                succeeded=status == "SUCC", gateway_trade_no=pay_ord_id,
+                                out_refund_no=str(data.get("appRefdSn") or ""),
+                                refund_fen=fen_of(data.get("totlRefdAmt"), "totlRefdAmt"),
+                                gateway_refund_no=str(data.get("appRefdSn") or ""),
+                                occurred_at=str(data.get("refdTime") or ""))
+        raise PermanentError(f"unknown notifyType {str(kind)[:10]}")
+
+    def answer(self, accepted: bool, reason: str = "") -> NotifyAnswer:
+        if accepted:
+            return NotifyAnswer(200, orjson.dumps({"code": 0, "message": "成功"}),
+                                "application/json")
+        return NotifyAnswer(500 if reason == "unavailable" else 400,
+                            orjson.dumps({"code": 1, "message": reason or "refused"}),
+                            "application/json")
