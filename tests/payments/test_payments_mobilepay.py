@@ -93,7 +93,7 @@ async def test_upload_confirm_notify_query_refund_refund_notify(mp: Rig,
     assert (await mp.service.sync("MP20240001")).state is OrderState.PAID
 
     refund = await mp.service.refund("MP20240001", "MP20240001R1", 2345, "退药")
-    assert refund.state is RefundState.PROCESSING
+    assert refund.state in (RefundState.PROCESSING, RefundState.SUCCESS)  # notify may win
     await eventually(lambda: mp.refund_is("MP20240001R1", RefundState.SUCCESS))
     await mp.service.refund("MP20240001", "MP20240001R2", 10000)
     await eventually(lambda: mp.is_("MP20240001", OrderState.REFUNDED))
