@@ -176,6 +176,7 @@ class SoapDestination:
         self._address = ""
         self._soap12 = False
         self._http: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self.last_peer_time: float | None = None
 
     async def start(self) -> None:
@@ -303,8 +304,11 @@ class SoapDestination:
             headers = {"Content-Type": "text/xml; charset=utf-8",
                        "SOAPAction": f'"{action or ""}"'}
         total = self.config.operation_timeouts.get(operation, self.config.timeout)
-        timeout = aiohttp.ClientTimeout(total=total,
-                                        connect=min(self.config.connect_timeout, total))
+        timeout = self._timeouts.get(total)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=total,
+                                            connect=min(self.config.connect_timeout, total))
+            self._timeouts[total] = timeout
         in_doubt = operation in self.config.in_doubt_operations
         try:
             async with self._http.post(self._address, data=body, headers=headers,
@@ -328,8 +332,10 @@ class SoapDestination:
 
     async def _read(self, operation: str, resp: aiohttp.ClientResponse) -> bytes:
         limit = self.config.max_response_bytes
-        if (resp.content_length or 0) > limit:
-            raise PermanentError(f"{operation}: answer larger than {limit} bytes")
+        if resp.content_length is not None:
+            if resp.content_length > limit:
+                raise PermanentError(f"{operation}: answer larger than {limit} bytes")
+            return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_any():

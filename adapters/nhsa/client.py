@@ -158,6 +158,7 @@ class NhsaClient:
         self.session = SignInSession(self._sign_in, ttl=sign_in_ttl, renew_daily=renew_daily)
         self._concurrency = concurrency
         self._http: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         inst = institution
         self._fields = {
             "mdtrtarea_admvs": inst.mdtrtarea_admvs,
@@ -224,9 +225,12 @@ class NhsaClient:
         headers = {"Content-Type": "application/json;charset=utf-8"}
         headers.update(self.auth.headers(infno))
         total = time_limit or self.timeouts.get(infno, self.timeout)
-        client_timeout = aiohttp.ClientTimeout(
-            total=total, connect=min(self.connect_timeout, total)
-        )
+        client_timeout = self._timeouts.get(total)
+        if client_timeout is None:
+            client_timeout = aiohttp.ClientTimeout(
+                total=total, connect=min(self.connect_timeout, total)
+            )
+            self._timeouts[total] = client_timeout
         try:
             async with self._http.post(
                 self.url, data=body, headers=headers, timeout=client_timeout
@@ -250,8 +254,13 @@ class NhsaClient:
         return msgid, decode_answer(raw, infno), peer_time
 
     async def _read(self, resp: aiohttp.ClientResponse, infno: str) -> bytes:
-        if resp.content_length is not None and resp.content_length > self.max_answer_bytes:
-            raise MalformedAnswer(f"{infno} answer larger than {self.max_answer_bytes} bytes")
+        length = resp.content_length
+        if length is not None:
+            if length > self.max_answer_bytes:
+                raise MalformedAnswer(
+                    f"{infno} answer larger than {self.max_answer_bytes} bytes"
+                )
+            return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_any():

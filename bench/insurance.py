@@ -1,0 +1,290 @@
+"""Insurance round trips against the simulator, and the adapters' own overhead per call.
+
+    python -m bench.insurance [--calls 2000] [--concurrency 16]
+
+The simulator runs in its own process (x-tif gateway check on, SQLite state) and reports
+its processing time per answer in ``X-Sim-Elapsed-Us``. For each scenario this command:
+
+1. sends ``--calls`` calls one at a time through the destination (``send(envelope)``, as the
+   engine's destination worker does) and records, per call, the total time and the
+   simulator's own time; **overhead = total - simulator time**: our adapter (envelope,
+   signature, validation of input and output, JSON or zeep), aiohttp on both ends and the
+   loopback;
+2. sends the same calls again as a bare ``aiohttp`` POST of a pre-built request (no adapter)
+   for the transport's own share of that overhead; and records, per call, this process's
+   CPU time (adapter and aiohttp client, without any waiting), which is what the engine
+   spends per call;
+3. sends ``--calls`` calls with ``--concurrency`` in flight for round trips per second.
+
+Scenarios: national 1101 (person info), national 2206 (pre-settlement: a larger answer with
+every settlement figure checked), regional ASMX ``GetPersonInfo`` and regional pipe ``1001``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from lxml import etree
+
+from adapters.nhsa import NhsaDestination, NhsaDestinationConfig
+from adapters.nhsa.envelope import encode_request, now_text
+from adapters.soap import SoapDestination, SoapDestinationConfig
+from bench.processes import Process, percentile, wait_port
+from queues.contract import Envelope
+from tests.conftest import free_port
+
+ELAPSED = "X-Sim-Elapsed-Us"
+CARD = "D44039900001"
+
+
+@dataclass
+class Row:
+    name: str
+    calls: int
+    rps: float
+    total: list[float]
+    peer: list[float]
+    overhead: list[float]
+    bare_overhead: list[float]
+    cpu: list[float]
+
+
+def ms(values: list[float], q: float) -> str:
+    return f"{percentile(values, q) * 1000:.3f}"
+
+
+async def measure(send: Callable[[int], Awaitable[float | None]], calls: int
+                  ) -> tuple[list[float], list[float], list[float]]:
+    """Per call: wall time, the simulator's reported time, and this process's CPU time
+    (the adapter plus the aiohttp client, without the simulator or the waiting)."""
+    totals, peers, cpu = [], [], []
+    for i in range(calls):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        peer = await send(i)
+        totals.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - cpu_started)
+        peers.append(peer or 0.0)
+    return totals, peers, cpu
+
+
+async def throughput(send: Callable[[int], Awaitable[Any]], calls: int,
+                     concurrency: int) -> float:
+    counter = iter(range(calls))
+
+    async def worker() -> None:
+        for i in counter:
+            await send(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return calls / (time.perf_counter() - started)
+
+
+async def bare_post(http: aiohttp.ClientSession, url: str, body: Callable[[int], bytes],
+                    headers: Callable[[], dict[str, str]], calls: int
+                    ) -> list[float]:
+    overheads = []
+    for i in range(calls):
+        data, hdrs = body(i), headers()
+        started = time.perf_counter()
+        async with http.post(url, data=data, headers=hdrs) as r:
+            await r.read()
+            peer = int(r.headers.get(ELAPSED, "0")) / 1e6
+        overheads.append(time.perf_counter() - started - peer)
+    return overheads
+
+
+async def national(sim_url: str, calls: int, concurrency: int) -> list[Row]:
+    config = NhsaDestinationConfig.model_validate({
+        "type": "nhsa", "name": "bench", "url": sim_url, "fixmedins_code": "H44030500001",
+        "fixmedins_name": "深圳市示例人民医院", "mdtrtarea_admvs": "440300",
+        "auth": {"scheme": "x-tif", "paasid": "bench", "token": "${BENCH_NHSA_TOKEN}"},
+        "peer_time_header": ELAPSED, "concurrency": max(concurrency, 8),
+    })
+    dest: NhsaDestination = config.build("bench")
+    await dest.start()
+    rows = []
+    try:
+        person = {"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": CARD}}
+        out = json.loads((await dest.send(Envelope("w", json.dumps(person).encode(),
+                                                   {"infno": "1101"}, "json"))).response or b"")
+        psn_no = out["baseinfo"]["psn_no"]
+        visit = json.loads((await dest.send(Envelope("v", json.dumps({"data": {
+            "psn_no": psn_no, "insutype": "310", "begntime": "2026-03-15 09:10:00",
+            "mdtrt_cert_type": "03", "mdtrt_cert_no": CARD, "ipt_otp_no": "BENCH1",
+            "dept_code": "K", "dept_name": "内科"}}).encode(),
+            {"infno": "2201", "insuplc_admdvs": "440300"}, "json"))).response or b"")
+        mdtrt_id = visit["data"]["mdtrt_id"]
+        fees = {"feedetail": [{
+            "feedetl_sn": str(i), "mdtrt_id": mdtrt_id, "psn_no": psn_no, "chrg_bchno": "B1",
+            "fee_ocur_time": "2026-03-15 09:15:00", "med_list_codg": code,
+            "medins_list_codg": "H", "det_item_fee_sumamt": amt, "cnt": cnt, "pric": pric,
+            "bilg_dept_codg": "K", "bilg_dept_name": "内科"}
+            for i, (code, cnt, pric, amt) in enumerate((
+                ("001102000010000", "1", "10.00", "10.00"),
+                ("XJ01CAA040A001010100001", "24", "0.55", "13.20"),
+                ("XC07ABM070A001020100002", "14", "2.50", "35.00"),
+                ("XN99ZZZ999Z999999999999", "1", "88.00", "88.00")))]}
+        await dest.send(Envelope("f", json.dumps(fees).encode(),
+                                 {"infno": "2204", "insuplc_admdvs": "440300"}, "json"))
+        presettle = {"data": {
+            "psn_no": psn_no, "mdtrt_cert_type": "03", "mdtrt_cert_no": CARD, "med_type": "11",
+            "medfee_sumamt": "146.20", "psn_setlway": "01", "mdtrt_id": mdtrt_id,
+            "chrg_bchno": "B1", "insutype": "310", "acct_used_flag": "1"}}
+        for infno, body, name in (("1101", person, "national 1101 person info"),
+                                  ("2206", presettle, "national 2206 pre-settlement")):
+            raw = json.dumps(body, ensure_ascii=False).encode()
+            headers = {"infno": infno, "insuplc_admdvs": "440300"}
+
+            async def one(i: int, raw: bytes = raw, headers: dict[str, str] = headers
+                          ) -> float | None:
+                await dest.send(Envelope(f"m{i}", raw, headers, "json"))
+                return dest.last_peer_time
+
+            await measure(one, min(200, calls))  # warm up
+            totals, peers, cpu = await measure(one, calls)
+            client = dest.client
+            sign_no = await client.session.sign_no()
+
+            def prebuilt(i: int, infno: str = infno, raw: bytes = raw,
+                         client: Any = client, sign_no: str = sign_no) -> bytes:
+                fields = {"infno": infno, "msgid": client.new_msgid(),
+                          "mdtrtarea_admvs": "440300", "insuplc_admdvs": "440300",
+                          "recer_sys_code": "HIS", "infver": "V1.0", "opter_type": "1",
+                          "opter": "b", "opter_name": "b", "inf_time": now_text(),
+                          "fixmedins_code": "H44030500001", "fixmedins_name": "x",
+                          "sign_no": sign_no}
+                return encode_request(fields, raw)
+
+            def signed(infno: str = infno, client: Any = client) -> dict[str, str]:
+                return {"Content-Type": "application/json", **client.auth.headers(infno)}
+
+            async with aiohttp.ClientSession() as http:
+                bare = await bare_post(http, client.url, prebuilt, signed, calls)
+            rps = await throughput(one, calls, concurrency)
+            rows.append(Row(name, calls, rps, totals, peers,
+                            [t - p for t, p in zip(totals, peers, strict=True)], bare, cpu))
+    finally:
+        await dest.close()
+    return rows
+
+
+async def regional(sim_url: str, calls: int, concurrency: int) -> list[Row]:
+    rows = []
+    for shape, name in (("asmx", "regional ASMX GetPersonInfo"),
+                        ("pipe", "regional pipe 1001")):
+        settings: dict[str, Any] = {
+            "type": "soap", "name": shape, "wsdl": f"{sim_url}/regional/{shape}?wsdl",
+            "peer_time_header": ELAPSED, "concurrency": max(concurrency, 8)}
+        if shape == "asmx":
+            settings.update(code_path="/output/code", message_path="/output/message")
+            envelope = Envelope("s", json.dumps([CARD, "", "op"]).encode(),
+                                {"operation": "GetPersonInfo"}, "json")
+        else:
+            settings["pipe"] = {"org": "H44030500001", "user": "hisbridge",
+                                "password": "${SIM_PIPE_PASSWORD}"}
+            envelope = Envelope("s", f"<body><cardno>{CARD}</cardno></body>".encode(),
+                                {"funcno": "1001"}, "xml")
+        dest: SoapDestination = SoapDestinationConfig.model_validate(settings).build("bench")
+        await dest.start()
+        try:
+            async def one(i: int, dest: SoapDestination = dest,
+                          envelope: Envelope = envelope) -> float | None:
+                await dest.send(envelope)
+                return dest.last_peer_time
+
+            await measure(one, min(200, calls))
+            totals, peers, cpu = await measure(one, calls)
+            op = "GetPersonInfo" if shape == "asmx" else "Invoke"
+            args = [CARD, "", "op"] if shape == "asmx" else [
+                dest._pipe_document(envelope, dest.config.pipe)]  # type: ignore[arg-type]
+            message = dest._client.create_message(dest._service, op, *args)
+            body = etree.tostring(message, xml_declaration=True, encoding="utf-8")
+            action = dest._service._binding.get(op).soapaction
+            soap_headers = {"Content-Type": "text/xml; charset=utf-8",
+                            "SOAPAction": f'"{action}"'}
+            async with aiohttp.ClientSession() as http:
+                bare = await bare_post(http, dest._address, lambda i, b=body: b,
+                                       lambda h=soap_headers: h, calls)
+            rps = await throughput(one, calls, concurrency)
+            rows.append(Row(name, calls, rps, totals, peers,
+                            [t - p for t, p in zip(totals, peers, strict=True)], bare, cpu))
+        finally:
+            await dest.close()
+    return rows
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    token = secrets.token_hex(16)
+    password = secrets.token_hex(8)
+    os.environ["BENCH_NHSA_TOKEN"] = token
+    os.environ["SIM_PIPE_PASSWORD"] = password
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = Process("insurance-sim", ["-m", "simulators.insurance", "--port", str(port),
+                                        "--db", str(Path(tmp) / "sim.db")], Path(tmp),
+                      env={"SIM_XTIF_PAASID": "bench", "SIM_XTIF_TOKEN": token,
+                           "SIM_PIPE_PASSWORD": password})
+        try:
+            await wait_port(port, sim)
+            url = f"http://127.0.0.1:{port}"
+            rows = await national(url, args.calls, args.concurrency)
+            rows += await regional(url, args.calls, args.concurrency)
+        finally:
+            sim.stop()
+    print(f"# insurance benchmark, {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"# machine: {machine()}")
+    print(f"# command: python -m bench.insurance --calls {args.calls} "
+          f"--concurrency {args.concurrency}")
+    print("# times in ms; ovh = total - simulator time; bare = ovh of the same request as a"
+          " pre-built aiohttp POST; cpu = this process's CPU per call (adapter + aiohttp"
+          " client)")
+    header = (f"| {'scenario':<30} | {'calls':>5} | {'rt/s':>6} | {'total p50':>9} |"
+              f" {'sim p50':>7} | {'ovh p50':>7} | {'ovh p99':>7} | {'bare p50':>8} |"
+              f" {'bare p99':>8} | {'cpu p50':>7} | {'cpu p99':>7} |")
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for r in rows:
+        print(f"| {r.name:<30} | {r.calls:>5} | {r.rps:>6.0f} | {ms(r.total, .5):>9} |"
+              f" {ms(r.peer, .5):>7} | {ms(r.overhead, .5):>7} | {ms(r.overhead, .99):>7} |"
+              f" {ms(r.bare_overhead, .5):>8} | {ms(r.bare_overhead, .99):>8} |"
+              f" {ms(r.cpu, .5):>7} | {ms(r.cpu, .99):>7} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.insurance")
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args(argv)
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
