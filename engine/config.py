@@ -23,6 +23,7 @@ from adapters.fhir import FhirDestinationConfig
 from adapters.http import HttpDestinationConfig, HttpSourceConfig
 from adapters.mllp import MllpDestinationConfig, MllpSourceConfig
 from adapters.nhsa import NhsaDestinationConfig
+from adapters.payments.source import PaymentNotifyConfig
 from adapters.soap import SoapDestinationConfig
 from engine.errors import ConfigError
 from engine.retry import RetryPolicy
@@ -30,7 +31,7 @@ from engine.settings import FilterConfig, FilterRule, HostPort, Model, Secret
 from queues.rabbitmq.config import RabbitQueueConfig
 
 SourceConfig = Annotated[
-    MllpSourceConfig | HttpSourceConfig,
+    MllpSourceConfig | HttpSourceConfig | PaymentNotifyConfig,
     Field(discriminator="type"),
 ]
 DestinationConfig = Annotated[
