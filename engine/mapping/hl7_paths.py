@@ -13,11 +13,14 @@ A path that stops early reads the first component (and first sub-component), so 
 is ``PID-8.1.1``; ``MSH-1`` and ``MSH-2`` are the delimiters themselves. Values are unescaped
 (``\\F\\`` becomes ``|``, ``\\.br\\`` a line break) and HL7's explicit null ``""`` is empty.
 
-Segment groups: iterating ``X[*]`` (in ``each`` or ``where``) gives each occurrence a scope
-running from that segment up to the next ``X``. Inside it a segment name resolves to its
-first occurrence in the scope, else in the segments before the first ``X`` (the header: MSH,
-PID, PV1 ...), and so on outwards. So in ``each = "ORC[*]"``, ``OBR-4`` is the OBR of the
-current order and ``PID-3`` the patient's.
+Segment groups: iterating ``X[*]`` (in ``each`` or ``where``) gives each occurrence a group
+running from that segment to the next ``X``, or to the next segment of a kind that came
+before the first ``X`` (NTE excepted, so notes stay with the segment they follow). Inside a
+group a segment name resolves to its first occurrence in the group; a kind that came
+before the first ``X`` (MSH, PID, ORC, OBR for OBX ...) resolves to its nearest occurrence
+before the group. So in ``each = "OBX[*]"``, ``OBR-3`` is the OBR the result belongs to,
+``NTE-3`` only a note following that OBX, and in ``each = "ORC[*]"`` ``OBR-4`` is the
+current order's while ``PID-3`` is the patient's.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from engine.hl7 import Hl7Message, unescape
 from engine.mapping.conditions import Condition, compile_condition, split_where
+from engine.mapping.specials import in_conditions
 
 STAR = -1
 _ABS = re.compile(
@@ -97,64 +101,85 @@ class Hl7Scope:
     """Where relative paths point and which segments a segment name resolves to.
 
     Attributes:
-        ranges: ``(lo, hi)`` segment-index ranges, innermost first, searched in turn.
+        lo, hi: the segment positions of the current group (the whole message at the top).
+        item: whether this is an item of a segment iteration.
+        parents: segment kinds that come before the iterated ones (MSH, PID, OBR for OBX
+            items ...): looked up before the group when the group has none.
         seg: the current segment (anchor of ``-F`` paths), or -1 at the message level.
         field, rep: the current repetition (anchor of ``.C`` paths), when iterating one.
         index: 1-based position in the innermost ``each`` (``@index``).
     """
 
-    __slots__ = ("doc", "field", "index", "ranges", "rep", "seg")
+    __slots__ = ("doc", "field", "hi", "index", "item", "lo", "parents", "rep", "seg")
 
     def __init__(
-        self, doc: Hl7Doc, ranges: tuple[tuple[int, int], ...], seg: int = -1,
-        field: int = 0, rep: int = 0, index: int = 1,
+        self, doc: Hl7Doc, lo: int, hi: int, seg: int = -1, field: int = 0, rep: int = 0,
+        index: int = 1, *, item: bool = False, parents: frozenset[str] = frozenset(),
     ) -> None:
         self.doc = doc
-        self.ranges = ranges
+        self.lo = lo
+        self.hi = hi
         self.seg = seg
         self.field = field
         self.rep = rep
         self.index = index
+        self.item = item
+        self.parents = parents
 
     @property
     def anchor(self) -> int:
         return self.seg
 
     def contains(self, anchor: Any) -> bool:
-        lo, hi = self.ranges[0]
-        return isinstance(anchor, int) and lo <= anchor < hi
+        return isinstance(anchor, int) and self.lo <= anchor < self.hi
 
     def first(self, name: str, occ: int) -> int:
-        """Position of occurrence ``occ`` (1-based) of ``name`` in the scope, or -1."""
+        """Position of occurrence ``occ`` (1-based) of ``name`` for this scope, or -1."""
         positions = self.doc.index.get(name)
         if not positions:
             return -1
-        for lo, hi in self.ranges:
-            n = 0
-            for p in positions:
-                if lo <= p < hi:
-                    n += 1
-                    if n == occ:
-                        return p
-            if n:
-                return -1
-        return -1
+        lo, hi = self.lo, self.hi
+        n = 0
+        for p in positions:
+            if lo <= p < hi:
+                n += 1
+                if n == occ:
+                    return p
+        if n or occ != 1 or name not in self.parents:
+            return -1
+        before = [p for p in positions if p < lo]
+        return before[-1] if before else -1
 
-    def find(self, name: str) -> tuple[list[int], int, int]:
-        """Positions of ``name`` in the first range holding it, that range's index and end."""
+    def find(self, name: str) -> list[int]:
+        """Every position of ``name`` inside the group."""
         positions = self.doc.index.get(name)
         if not positions:
-            return [], 0, 0
-        for n, (lo, hi) in enumerate(self.ranges):
-            found = [p for p in positions if lo <= p < hi]
-            if found:
-                return found, n, hi
-        return [], 0, 0
+            return []
+        return [p for p in positions if self.lo <= p < self.hi]
+
+    def items(self, found: list[int]) -> list[Hl7Scope]:
+        """The groups of the occurrences ``found`` of one segment inside this scope."""
+        segments = self.doc.msg.segments
+        name = segments[found[0]][:3]
+        # Kinds seen before the first occurrence start a new group when they come back.
+        leaders = {segments[p][:3] for p in range(self.lo, found[0])} - {name, "NTE"}
+        parents = frozenset(leaders | self.parents)
+        out = []
+        for k, pos in enumerate(found):
+            end = found[k + 1] if k + 1 < len(found) else self.hi
+            for p in range(pos + 1, end):
+                if segments[p][:3] in leaders:
+                    end = p
+                    break
+            out.append(
+                Hl7Scope(self.doc, pos, end, pos, index=k + 1, item=True, parents=parents)
+            )
+        return out
 
 
 def root_scope(msg: Hl7Message) -> Hl7Scope:
     doc = Hl7Doc(msg)
-    return Hl7Scope(doc, ((0, len(msg.segments)),))
+    return Hl7Scope(doc, 0, len(msg.segments))
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,29 +211,24 @@ class Hl7Path:
         if self.kind != "abs":
             return [scope] if scope.seg >= 0 else []
         assert self.segment is not None
-        found, n, hi = scope.find(self.segment)
-        if not found:
-            return []
         if self.occ == STAR:
-            outer = scope.ranges[n + 1 :]
-            header = ((scope.ranges[n][0], found[0]),)
-            items = []
-            for k, pos in enumerate(found):
-                end = found[k + 1] if k + 1 < len(found) else hi
-                items.append(
-                    Hl7Scope(scope.doc, ((pos, end), *header, *outer), pos, index=k + 1)
-                )
+            found = scope.find(self.segment)
+            if not found:
+                return []
+            items = scope.items(found)
             if self.where is not None and self.rep != STAR:
                 items = [s for s in items if self.where.test(s, run)]
                 for number, item in enumerate(items, start=1):
                     item.index = number
             return items
-        k = (self.occ or 1) - 1
-        if k >= len(found):
+        pos = scope.first(self.segment, self.occ or 1)
+        if pos < 0:
             return []
-        pos = found[k]
-        end = found[k + 1] if k + 1 < len(found) else hi
-        return [Hl7Scope(scope.doc, ((pos, end), *scope.ranges[n:]), pos)]
+        found = scope.find(self.segment) or [pos]
+        groups = scope.items(found) if pos in found else [
+            Hl7Scope(scope.doc, pos, pos + 1, pos, item=True, parents=scope.parents)
+        ]
+        return [g for g in groups if g.seg == pos][:1]
 
     def _positions(self, scope: Hl7Scope, run: Any) -> list[int]:
         """Segment positions this path reads (no item scopes needed)."""
@@ -220,8 +240,7 @@ class Hl7Path:
             return [pos] if pos >= 0 else []
         if self.where is not None and self.rep != STAR:
             return [s.seg for s in self._segments(scope, run)]
-        found, _, _ = scope.find(self.segment or "")
-        return found
+        return scope.find(self.segment or "")
 
     def _repetitions(self, scope: Hl7Scope, run: Any) -> list[tuple[int, str, int]]:
         """(segment position, raw repetition text, repetition index) of the selected field."""
@@ -245,7 +264,8 @@ class Hl7Path:
                     if not text:
                         continue
                     if self.where is not None:
-                        item = Hl7Scope(doc, scope.ranges, pos, f, k)
+                        item = Hl7Scope(doc, scope.lo, scope.hi, pos, f, k, k + 1, item=scope.item,
+                                       parents=scope.parents)
                         if not self.where.test(item, run):
                             continue
                     out.append((pos, text, k))
@@ -301,8 +321,8 @@ class Hl7Path:
                 k = (self.rep or 1) - 1
                 chosen = [k] if k < len(reps) else []
             for k in chosen:
-                item = Hl7Scope(scope.doc, seg_scope.ranges, seg_scope.seg, f, k,
-                                len(items) + 1)
+                item = Hl7Scope(scope.doc, seg_scope.lo, seg_scope.hi, seg_scope.seg, f, k,
+                                len(items) + 1, item=seg_scope.item, parents=seg_scope.parents)
                 if self.where is not None and self.rep == STAR:
                     if not self.where.test(item, run):
                         continue
@@ -357,7 +377,7 @@ def compile_hl7_path(text: str) -> Hl7Path:
             raise ValueError(
                 "'where' filters the items of a [*]: write e.g. PID-3[*] where .5 = \"MR\""
             )
-        cond = compile_condition(where_text, compile_hl7_path)
+        cond = compile_condition(where_text, in_conditions(compile_hl7_path))
         object.__setattr__(path, "where", cond)
     return path
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.mapping.conditions import Condition, compile_condition, split_where
+from engine.mapping.specials import in_conditions
 from engine.mapping.values import from_json
 
 STAR = ("*",)
@@ -136,7 +137,10 @@ class JsonPath:
                     # visits that object, so a path works whether or not it repeats.
                     nxt.append(node)
             if n == self.last_star and self.where is not None:
-                nxt = [x for x in nxt if self.where.test(JsonScope(scope.root, x), run)]
+                nxt = [
+                    x for k, x in enumerate(nxt, start=1)
+                    if self.where.test(JsonScope(scope.root, x, k), run)
+                ]
             nodes = nxt
             if not nodes:
                 break
@@ -165,5 +169,5 @@ def compile_json_path(text: str) -> JsonPath:
                 "'where' filters the elements of a [*]: write e.g. "
                 "identifier[*].value where .system = \"...\""
             )
-        cond = compile_condition(where_text, compile_json_path)
+        cond = compile_condition(where_text, in_conditions(compile_json_path))
     return JsonPath(text, relative, norm, cond, last_star)

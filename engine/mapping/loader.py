@@ -35,9 +35,9 @@ from engine.mapping.program import (
     Ref,
     Rule,
     Source,
-    Special,
     Template,
 )
+from engine.mapping.specials import NAMES, in_conditions, special
 from engine.mapping.transforms import CompileEnv, compile_transform, suggest, to_value
 from engine.mapping.xml_output import compile_xml_target
 from engine.mapping.xml_paths import xml_path_compiler
@@ -55,7 +55,6 @@ _RULE_KEYS = {"from", "value", "ref", "to", "transform", "default", "required", 
               "each", "rule", "note"}
 _HL7_KEYS = {"message_type", "version", "processing_id", "charset", "sending_application",
              "sending_facility", "receiving_application", "receiving_facility"}
-_SPECIALS = ("@index", "@seq", "@now", "@uuid", "@header:")
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 
@@ -110,16 +109,12 @@ def _source(text: Any, ctx: _Context, where: str, in_group: bool) -> Source | No
         ctx.problems.add(where, "'from' must be a path string or a list of paths")
         return None
     s = text.strip()
-    if s.startswith("@"):
-        if s in ("@index", "@seq", "@now", "@uuid"):
-            return Special(s, s[1:])
-        if s.startswith("@header:") and len(s) > 8:
-            return Special(s, "header", s[8:])
-        if ctx.source != "xml":  # in XPath, @name is an attribute
-            ctx.problems.add(
-                where, f"unknown special source {s!r} (use {', '.join(_SPECIALS)}NAME)"
-            )
-            return None
+    found = special(s)
+    if found is not None:
+        return found
+    if s.startswith("@") and ctx.source != "xml":  # in XPath, @name is an attribute
+        ctx.problems.add(where, f"unknown special source {s!r} (use {', '.join(NAMES)})")
+        return None
     try:
         path = ctx.compile_path(s)
     except ValueError as exc:
@@ -135,7 +130,7 @@ def _source(text: Any, ctx: _Context, where: str, in_group: bool) -> Source | No
 
 def _condition(text: Any, ctx: _Context, where: str) -> Condition | None:
     try:
-        return compile_condition(text, ctx.compile_path)
+        return compile_condition(text, in_conditions(ctx.compile_path))
     except ValueError as exc:
         ctx.problems.add(where, f"bad condition: {exc}")
         return None

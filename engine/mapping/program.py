@@ -29,6 +29,7 @@ from engine.mapping.hl7_output import Hl7Builder
 from engine.mapping.hl7_paths import root_scope as hl7_root
 from engine.mapping.json_output import JsonBuilder, dumps, dumps_strings, prune
 from engine.mapping.json_paths import JsonPath, JsonScope
+from engine.mapping.specials import Special
 from engine.mapping.transforms import Transform
 from engine.mapping.values import Problem, as_text, is_empty
 from engine.mapping.xml_output import XmlBuilder
@@ -64,29 +65,6 @@ class Constant:
 
     def values(self, scope: Any, run: Run) -> list[Any]:
         return [self.value]
-
-
-@dataclass(frozen=True, slots=True)
-class Special:
-    """``@index``, ``@seq``, ``@now``, ``@uuid`` and ``@header:NAME``."""
-
-    text: str
-    kind: str
-    arg: str = ""
-
-    def values(self, scope: Any, run: Run) -> list[Any]:
-        if self.kind == "index":
-            return [scope.index]
-        if self.kind == "seq":
-            run.seq += 1
-            return [run.seq]
-        if self.kind == "now":
-            return [run.now.isoformat(timespec="seconds")]
-        if self.kind == "uuid":
-            run.seq_uuid += 1
-            return [str(run.make_uuid(f"@uuid/{run.seq_uuid}"))]
-        value = run.headers.get(self.arg)
-        return [value] if value else []
 
 
 @dataclass(frozen=True, slots=True)
