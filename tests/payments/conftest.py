@@ -12,6 +12,7 @@ import pytest
 
 from engine.contracts import IngestResult
 from engine.database import Database
+from engine.errors import TransientError
 from engine.message import Message
 
 
@@ -21,10 +22,14 @@ class Channel:
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self.calls = 0
+        self.refuse_next = 0  # the engine cannot take messages now (queue full, disk error)
         self._seen: dict[str, str] = {}
 
     async def __call__(self, message: Message, hl7: object = None) -> IngestResult:
         self.calls += 1
+        if self.refuse_next > 0:
+            self.refuse_next -= 1
+            raise TransientError("cannot accept the message now")
         key = message.dedup_key or message.id
         if key in self._seen:
             return IngestResult(self._seen[key], duplicate=True)

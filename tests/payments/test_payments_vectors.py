@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,10 @@ from adapters.payments.signing import (
 from adapters.unionpay import crypto as unionpay
 from adapters.wechatpay import crypto as wechat
 
-VECTORS = Path("/work/shared/reference/vectors")
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+if not SHARED.exists():  # CI clones may sit elsewhere
+    SHARED = Path(os.environ.get("HISBRIDGE_SHARED", "/work/shared"))
+VECTORS = SHARED / "reference" / "vectors"
 
 
 def _load(name: str) -> dict:

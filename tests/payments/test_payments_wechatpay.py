@@ -153,6 +153,26 @@ async def test_notification_replayed_15_times_changes_the_order_once(wx: Rig,
     assert (await wx.control.stats())["charges"] == 1
 
 
+async def test_callback_the_engine_cannot_take_is_answered_fail_and_retried(
+        wx: Rig, eventually: Any) -> None:
+    wx.channel.refuse_next = 2
+    await wx.service.create_order("WX20240015", 660, "检查费", "native")
+    await wx.control.pay("WX20240015")
+
+    async def delivered() -> bool:
+        records = await wx.control.notifications()
+        return bool(records) and records[0]["delivered"] == 1
+
+    await eventually(delivered)
+    record = (await wx.control.notifications())[0]
+    assert record["attempts"] == 3  # two answered 500 (retried on schedule), then success
+    assert len(wx.channel.messages) == 1
+    moves = await wx.store.transitions("wechatpay", "WX20240015")
+    assert [(t.from_state, t.to_state) for t in moves] == [("created", "paid")]
+    events = await wx.store.events("wechatpay", "WX20240015")
+    assert [(e["changed"], e["forwarded"]) for e in events] == [(True, True)]
+
+
 async def test_forged_stale_unknown_and_wrong_amount_callbacks_are_refused(
         wx: Rig, http: aiohttp.ClientSession) -> None:
     await wx.service.create_order("WX20240003", 1000, "药费", "native")
