@@ -3,6 +3,7 @@ and the simulated platform accepts them through the destination."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ async def test_engine_channel_invoices_each_paid_dft_batch_once(
     tmp_path: Path, engines: list[Any], simulator: EinvoiceSimulator, key_file: Any,
 ) -> None:
     from engine.runtime import Engine
-    from tests.conftest import engine_config, wait_for
+    from tests.conftest import SHARED, engine_config, wait_for
     from tests.mllp_client import MllpClient
 
     # The channel proposed for config.toml, pointed at this test's simulator and key.
@@ -108,6 +109,7 @@ async def test_engine_channel_invoices_each_paid_dft_batch_once(
         [[channels.destinations]]
         name = "einvoice"
         type = "einvoice"
+        filter = {{ message_types = ["DFT^P03"] }}
         mapping = "einvoice_dft_paid"
         url = "{simulator.url}"
         appid = "HOSP0001"
@@ -123,18 +125,21 @@ async def test_engine_channel_invoices_each_paid_dft_batch_once(
     paid = (folder / "dft_p03_paid_wechat.in.hl7").read_bytes()
     unpaid = (folder / "dft_p03_unpaid.in.hl7").read_bytes().replace(
         b"HIS20260315091544007", b"HIS20260315091544006")
+    adt = (SHARED / "samples" / "hl7" / "adt_a04_outpatient_registration.hl7").read_bytes()
     client = await MllpClient.connect(engine.source_port("his"))
     try:
-        for message in (paid, unpaid, paid,
+        for message in (adt, paid, unpaid, paid,
                         paid.replace(b"HIS20260315091544007", b"HIS20260315091544008")):
             ack = await client.send(message)
             assert ack.get("MSA", 1) == "AA"
     finally:
         await client.close()
     await wait_for(lambda: simulator.requests["invoiceEBillOutpatient"] == 2)
-    # Each unique message is settled: the unpaid one maps to nothing and is acked as such.
+    # The ADT is filtered out before the destination; the unpaid DFT maps to nothing.
     await wait_for(lambda: engine.metrics.sent.total() == 3)
-    assert engine.metrics.received.total() == 3  # the duplicate is not counted as received
+    await asyncio.sleep(0.2)
+    assert engine.metrics.sent.total() == 3
+    assert engine.metrics.received.total() == 4  # the duplicate is not counted as received
     assert engine.metrics.duplicates.total() == 1
     # Two paid messages with different control ids are two batches; the unpaid one is not
     # sent. The same batch resent (same control id) is deduplicated by the channel.
