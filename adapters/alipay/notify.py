@@ -34,6 +34,9 @@ class AlipayNotifyVerifier:
             self._creds = self.settings.credentials()
         return self._creds
 
+    def load(self) -> None:
+        _ = self.credentials
+
     async def verify(self, request: NotifyRequest) -> PaymentEvent:
         params = _form(request.body)
         if "sign" not in params:

@@ -37,6 +37,9 @@ class MobilePayNotifyVerifier:
             self._creds = self.settings.credentials()
         return self._creds
 
+    def load(self) -> None:
+        _ = self.credentials
+
     async def verify(self, request: NotifyRequest) -> PaymentEvent:
         try:
             envelope = orjson.loads(request.body)

@@ -61,6 +61,11 @@ class NotifyVerifier(Protocol):
 
     gateway: str
 
+    def load(self) -> None:
+        """Resolve and load the keys now, so a bad reference fails at start (``ConfigError``)
+        rather than at the first callback."""
+        ...
+
     async def verify(self, request: NotifyRequest) -> PaymentEvent:
         """The verified event; raises ``CallbackRejected`` for anything not to believe."""
         ...
@@ -136,6 +141,7 @@ class PaymentNotifySource:
         return f"http://{self._host}:{self.port}{self.path}"
 
     async def start(self, ingest: Ingest) -> None:
+        self.verifier.load()
         self._ingest = ingest
         if self._db is None:
             self._db = Database(self._database_path)

@@ -34,6 +34,9 @@ class UnionPayNotifyVerifier:
             self._creds = self.settings.credentials()
         return self._creds
 
+    def load(self) -> None:
+        _ = self.credentials
+
     async def verify(self, request: NotifyRequest) -> PaymentEvent:
         try:
             fields = dict(parse_qsl(request.body.decode("utf-8"), keep_blank_values=True))

@@ -35,6 +35,9 @@ class WechatPayNotifyVerifier:
             self._creds = self.settings.credentials()
         return self._creds
 
+    def load(self) -> None:
+        _ = self.credentials
+
     async def verify(self, request: NotifyRequest) -> PaymentEvent:
         signed = crypto.SignedHeaders.from_headers(request.headers)
         if signed is None:

@@ -281,3 +281,21 @@ def test_bill_parser_rejects_bad_archives() -> None:
 
 async def _messages(ali: Rig, n: int) -> bool:
     return len(ali.channel.messages) >= n
+
+
+def test_bill_zip_with_gbk_member_names_is_read() -> None:
+    """Alipay's zips name members in GBK without the UTF-8 flag."""
+    sim = AlipaySimulator.__new__(AlipaySimulator)
+    sim.seller_id, sim.ledger = SELLER, []
+    utf8_named = zipfile.ZipFile(io.BytesIO(sim.bill_zip("2024-05-01")))
+    out = io.BytesIO()
+    names = [i.filename.encode("gbk") for i in utf8_named.infolist()]
+    placeholders = [(b"X" * (len(n) - 1)) + str(k).encode() for k, n in enumerate(names)]
+    with zipfile.ZipFile(out, "w") as archive:
+        for info, placeholder in zip(utf8_named.infolist(), placeholders, strict=True):
+            archive.writestr(placeholder.decode(), utf8_named.read(info))
+    raw = out.getvalue()
+    for name, placeholder in zip(names, placeholders, strict=True):
+        raw = raw.replace(placeholder, name)  # same length: the archive stays valid
+    assert not zipfile.ZipFile(io.BytesIO(raw)).infolist()[0].flag_bits & 0x800
+    assert parse_bill_zip(raw).totals.lines == 0

@@ -28,7 +28,7 @@ from adapters.wechatpay.bill import parse_trade_bill
 from adapters.wechatpay.client import WechatPayClient
 from adapters.wechatpay.settings import WechatPaySettings
 from engine.database import Database
-from engine.errors import TransientError
+from engine.errors import ConfigError, TransientError
 from engine.settings import Secret
 from simulators.payments.control import SimControl
 from simulators.payments.core import CHINA
@@ -404,3 +404,19 @@ async def _paid(wx: Rig, no: str, amount: int, eventually: Any) -> None:
     await wx.service.create_order(no, amount, "费用", "native")
     await wx.control.pay(no)
     await eventually(lambda: _is(wx, no, OrderState.PAID))
+
+
+async def test_source_with_unreadable_keys_fails_at_start(tmp_path: Path, channel: Any) -> None:
+    settings = WechatPaySettings(
+        mchid=MCHID, appid=APPID, merchant_serial="1",
+        merchant_private_key=Secret(f"file:{tmp_path / 'missing.pem'}"),
+        apiv3_key=Secret(f"file:{tmp_path / 'missing.key'}"),
+        platform_certificates=[Secret(f"file:{tmp_path / 'missing-cert.pem'}")])
+    source = PaymentNotifyConfig(type="payment_notify", gateway="wechatpay",
+                                 listen="127.0.0.1:0", database=str(tmp_path / "p.db"),
+                                 wechatpay=settings).build("payments")
+    with pytest.raises(ConfigError, match="cannot read secret file"):
+        await source.start(channel)
+    (tmp_path / "missing.key").write_text("short")
+    with pytest.raises(ConfigError, match="32 bytes"):
+        await source.start(channel)
