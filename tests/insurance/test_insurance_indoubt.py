@@ -10,7 +10,7 @@ import pytest
 from adapters.nhsa.ledger import SqliteLedger
 from engine.errors import InDoubtError, TransientError
 
-FAST = {"timeouts": {"2207": 0.4, "2208": 0.4}}
+FAST = {"timeouts": {"2207": 0.5, "2208": 0.5}}
 
 
 @pytest.mark.parametrize("mode", ["hang", "drop"])
