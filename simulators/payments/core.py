@@ -53,15 +53,15 @@ class Faults:
         for name, value in data.items():
             if name not in self.__dataclass_fields__:
                 raise ValueError(f"unknown fault {name!r}")
-            current = getattr(self, name)
-            if isinstance(current, bool):
+            if name == "refund_before_payment":
                 if not isinstance(value, bool):
                     raise ValueError(f"{name} is true or false")
-            elif isinstance(current, int):
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise ValueError(f"{name} is a whole number >= 0")
-            elif not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"{name} is a number >= 0")
+            elif name == "latency":
+                if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                    raise ValueError(f"{name} is a number of seconds >= 0")
+                value = float(value)
+            elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} is a whole number >= 0")
             setattr(self, name, value)
         self.duplicate_notifications = max(1, self.duplicate_notifications)
 

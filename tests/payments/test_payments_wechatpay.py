@@ -222,6 +222,42 @@ async def test_lost_create_response_is_resolved_by_query_with_one_charge(
     assert stats["orders_created"] == 1
 
 
+async def test_timed_out_create_and_refund_are_resolved_by_query_before_any_retry(
+        wx: Rig, eventually: Any) -> None:
+    impatient = WechatPayClient(wx.client.settings.model_copy(update={"timeout": 0.2}))
+    await impatient.start()
+    service = PaymentService(impatient, wx.store)
+    try:
+        await wx.control.faults(latency=0.4)  # the gateway acts, but after our deadline
+        with pytest.raises(TransientError):  # the create timed out, then so did the query
+            await service.create_order("WX20240016", 450, "检查费", "native")
+        assert (await _order(wx, "WX20240016")).submit is Submit.IN_DOUBT
+        await wx.control.faults(latency=0)
+        await asyncio.sleep(0.4)
+        order = await service.create_order("WX20240016", 450, "检查费", "native")
+        assert order.submit is Submit.ACCEPTED
+        stats = await wx.control.stats()
+        assert stats["orders_created"] == 1
+        assert stats["query_calls"] == 2  # the one that timed out, the one that answered
+
+        await wx.control.pay("WX20240016")
+        await eventually(lambda: _is(wx, "WX20240016", OrderState.PAID))
+        await wx.control.faults(latency=0.4)
+        with pytest.raises(TransientError):
+            await service.refund("WX20240016", "WX20240016R1", 450)
+        refund = await wx.store.refund("wechatpay", "WX20240016R1")
+        assert refund is not None
+        assert refund.state is RefundState.IN_DOUBT
+        await wx.control.faults(latency=0)
+        await asyncio.sleep(0.4)
+        refund = await service.refund("WX20240016", "WX20240016R1", 450)
+        assert refund.state in (RefundState.PROCESSING, RefundState.SUCCESS)
+        assert (await wx.control.stats())["refunds_created"] == 1
+        await eventually(lambda: _is(wx, "WX20240016", OrderState.REFUNDED))
+    finally:
+        await impatient.close()
+
+
 async def test_5xx_on_create_is_queried_then_sent_once_more(wx: Rig) -> None:
     await wx.control.faults(fail_5xx=1)
     order = await wx.service.create_order("WX20240005", 100, "挂号费", "jsapi",
@@ -420,3 +456,14 @@ async def test_source_with_unreadable_keys_fails_at_start(tmp_path: Path, channe
     (tmp_path / "missing.key").write_text("short")
     with pytest.raises(ConfigError, match="32 bytes"):
         await source.start(channel)
+
+
+async def test_simulator_refuses_bad_fault_settings(wx: Rig) -> None:
+    with pytest.raises(RuntimeError, match="unknown fault"):
+        await wx.control.faults(explode=True)
+    with pytest.raises(RuntimeError, match="whole number"):
+        await wx.control.faults(fail_5xx=-1)
+    with pytest.raises(RuntimeError, match="no such order"):
+        await wx.control.pay("WX-NOT-THERE")
+    faults = await wx.control.faults(latency=0.25, duplicate_notifications=0)
+    assert (faults["latency"], faults["duplicate_notifications"]) == (0.25, 1)
