@@ -22,13 +22,8 @@ from aiohttp import web
 
 from simulators.insurance.faults import Faults
 from simulators.insurance.gateway import GatewayCheck, GatewayRefusal
-from simulators.insurance.platform import (
-    Platform,
-    Reject,
-    presettlement,
-    setldetail,
-    setlinfo,
-)
+from simulators.insurance.outputs import presettlement, setldetail, setlinfo
+from simulators.insurance.platform import Platform, Reject
 from simulators.insurance.schema import check_envelope, check_input, person_of
 
 log = logging.getLogger("hisbridge.simulators.insurance")
