@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from engine.mapping.values import as_text, flatten, is_empty
+from engine.mapping.values import as_text, flatten
 
 
 class PathReader(Protocol):
@@ -126,7 +126,8 @@ class _Exists:
     path: PathReader
 
     def test(self, scope: Any, run: Any) -> bool:
-        return any(not is_empty(v) for v in flatten(self.path.values(scope, run)))
+        # Sources never yield empty values: having any is existing.
+        return bool(self.path.values(scope, run))
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -157,6 +158,12 @@ class _Compare:
 
     def test(self, scope: Any, run: Any) -> bool:
         lefts = flatten(self.left.values(scope, run)) or [""]
+        if self.op in ("=", "!=") and isinstance(self.right, _Literal) and isinstance(
+            self.right.value, str
+        ):
+            wanted = self.right.value
+            hit = any(as_text(a) == wanted for a in lefts)
+            return hit if self.op == "=" else not hit
         rights = flatten(self.right.values(scope, run)) or [""]
         if self.op in ("=", "!="):
             hit = any(_equal(a, b, self.numeric) for a in lefts for b in rights)
@@ -183,9 +190,12 @@ class _Compare:
 class _In:
     left: PathReader
     options: tuple[Any, ...]
+    texts: frozenset[str] | None = None  # when every option is a string: a set lookup
 
     def test(self, scope: Any, run: Any) -> bool:
         lefts = flatten(self.left.values(scope, run)) or [""]
+        if self.texts is not None:
+            return any(as_text(a) in self.texts for a in lefts)
         return any(
             _equal(a, b, not isinstance(b, str)) for a in lefts for b in self.options
         )
@@ -347,7 +357,10 @@ class _Parser:
                 if nxt.kind != "punct" or nxt.text != ",":
                     raise ValueError(f"expected ',' or ')' at column {nxt.pos + 1}")
                 options.append(self.literal())
-            return _In(left, tuple(options))
+            texts = (
+                frozenset(options) if all(isinstance(o, str) for o in options) else None
+            )
+            return _In(left, tuple(options), texts)
         if tok.kind == "word" and tok.text == "matches":
             self.pos += 1
             pat = self.take()

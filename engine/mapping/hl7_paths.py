@@ -47,7 +47,8 @@ _REL_REP = re.compile(r"\.(?:(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?$")
 class Hl7Doc:
     """A parsed message with a segment-name index, shared by every scope of one run."""
 
-    __slots__ = ("_reps", "comp_sep", "esc", "index", "msg", "rep_sep", "sub_sep")
+    __slots__ = ("_comps", "_reps", "comp_sep", "esc", "index", "memo", "msg", "rep_sep",
+                 "sub_sep")
 
     def __init__(self, msg: Hl7Message) -> None:
         self.msg = msg
@@ -60,6 +61,9 @@ class Hl7Doc:
             index.setdefault(seg[:3], []).append(i)
         self.index = index
         self._reps: dict[tuple[int, int], list[str]] = {}
+        self._comps: dict[str, list[str]] = {}
+        # Results of [*] / where paths, by path and scope: rules often repeat a filter.
+        self.memo: dict[tuple[int, int, int, int, int, int, bool], Any] = {}
 
     def reps(self, seg: int, field: int) -> list[str]:
         """The repetitions of a field (raw), split once per run."""
@@ -75,7 +79,10 @@ class Hl7Doc:
     def leaf(self, text: str, comp: int, sub: int) -> str:
         """Component ``comp`` / sub-component ``sub`` (0-based) of a repetition, as a value."""
         if self.comp_sep in text:
-            comps = text.split(self.comp_sep)
+            comps = self._comps.get(text)
+            if comps is None:
+                comps = text.split(self.comp_sep)
+                self._comps[text] = comps
             text = comps[comp] if comp < len(comps) else ""
         elif comp:
             return ""
@@ -295,6 +302,19 @@ class Hl7Path:
                 return []
             value = doc.leaf(reps[k], comp, sub)
             return [value] if value else []
+        if self.kind == "rep":
+            # .C inside a repetition (in where and each): direct, no memo needed.
+            if scope.seg < 0:
+                return []
+            reps = doc.reps(scope.seg, scope.field)
+            if scope.rep >= len(reps):
+                return []
+            value = doc.leaf(reps[scope.rep], comp, sub)
+            return [value] if value else []
+        key = (id(self), scope.lo, scope.hi, scope.seg, scope.field, scope.rep, False)
+        found = doc.memo.get(key)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
         out: list[Any] = []
         for _pos, text, _ in self._repetitions(scope, run):
             if self.field is not None and self.field <= 2 and self.segment == "MSH":
@@ -304,13 +324,22 @@ class Hl7Path:
             value = doc.leaf(text, comp, sub)
             if value:
                 out.append(value)
+        doc.memo[key] = out
         return out
 
     def nodes(self, scope: Hl7Scope, run: Any) -> list[Hl7Scope]:
-        if self.field is None and self.kind != "rep":
-            return self._segments(scope, run)
         if self.kind == "rep":
             return [scope]
+        key = (id(self), scope.lo, scope.hi, scope.seg, scope.field, scope.rep, True)
+        found = scope.doc.memo.get(key)
+        if found is None:
+            found = self._nodes(scope, run)
+            scope.doc.memo[key] = found
+        return found
+
+    def _nodes(self, scope: Hl7Scope, run: Any) -> list[Hl7Scope]:
+        if self.field is None:
+            return self._segments(scope, run)
         items: list[Hl7Scope] = []
         f = self.field or 0
         for seg_scope in self._segments(scope, run):

@@ -54,11 +54,13 @@ def compile_json_target(text: str) -> JsonTarget:
 class JsonBuilder:
     """One output document under construction."""
 
-    __slots__ = ("_last", "holder")
+    __slots__ = ("_last", "holder", "padded")
 
     def __init__(self) -> None:
         self.holder: list[Any] = [{}]
         self._last: dict[int, int] = {}
+        # Set when a list was padded past its end: only then can empties remain to prune.
+        self.padded = False
 
     @property
     def document(self) -> Any:
@@ -69,8 +71,8 @@ class JsonBuilder:
 
     def _step(self, slot: Slot, step: Any, path: str) -> Slot:
         container, key = slot
-        cur = container[key] if isinstance(container, list) else container.get(key)
-        if isinstance(step, str):
+        cur = container[key] if type(container) is list else container.get(key)
+        if type(step) is str:
             if cur is None:
                 cur = {}
                 container[key] = cur
@@ -83,6 +85,8 @@ class JsonBuilder:
         elif not isinstance(cur, list):
             raise Problem(f"target {path}: indexes a value that is not a list")
         if isinstance(step, int):
+            if len(cur) < step:
+                self.padded = True
             while len(cur) <= step:
                 cur.append(None)
             return (cur, step)

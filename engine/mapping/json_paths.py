@@ -147,7 +147,11 @@ class JsonPath:
         return nodes
 
     def values(self, scope: JsonScope, run: Any) -> list[Any]:
-        return [from_json(v) for v in self._walk(scope, run) if v is not None]
+        # Empty values are never written: drop them here, once.
+        return [
+            from_json(v) for v in self._walk(scope, run)
+            if v is not None and v != "" and v != [] and v != {}
+        ]
 
     def nodes(self, scope: JsonScope, run: Any) -> list[JsonScope]:
         found = self._walk(scope, run)

@@ -212,7 +212,7 @@ def _rule(
             if c is not None:
                 compiled.append(c)
         rule.children = tuple(compiled)
-        return rule if len(ctx.problems.lines) == start else None
+        return rule.finish() if len(ctx.problems.lines) == start else None
     if "each" in raw:
         ctx.problems.add(label, "'each' needs nested rules: rule = [ { from = ..., to = ... } ]")
     if target is None and "to" not in raw:
@@ -226,8 +226,8 @@ def _rule(
         rule.sources = tuple(s for s in sources if s is not None)
     elif given[0] == "value":
         value = raw["value"]
-        if isinstance(value, dict | list):
-            ctx.problems.add(label, "'value' must be a string, number or boolean")
+        if isinstance(value, dict | list) or value == "":
+            ctx.problems.add(label, "'value' must be a non-empty string, a number or a boolean")
         rule.sources = (Constant(to_value(value), f"value {value!r}"),)
     else:
         ref = raw["ref"]
@@ -258,7 +258,21 @@ def _rule(
         ctx.problems.add(label, "'required' must be true or false")
     rule.required = bool(required)
     rule.target = target
-    return rule if len(ctx.problems.lines) == start else None
+    return rule.finish() if len(ctx.problems.lines) == start else None
+
+
+def _interning(compile_path: Callable[[str], Any]) -> Callable[[str], Any]:
+    """One compiled object per distinct path text, so per-run results can be shared."""
+    cache: dict[str, Any] = {}
+
+    def compile_once(text: str) -> Any:
+        found = cache.get(text)
+        if found is None:
+            found = compile_path(text)
+            cache[text] = found
+        return found
+
+    return compile_once
 
 
 def _spreads(target: Any) -> bool:
@@ -447,6 +461,7 @@ def _compile(
             return compile_xml_target(text, namespaces)
     else:
         compile_target = compile_json_target
+    compile_path = _interning(compile_path)
     ctx = _Context(problems, source, target, compile_path, compile_target, env)
     msh = _hl7_header(data.get("hl7"), problems) if target == "hl7v2" else {}
     if target != "hl7v2" and "hl7" in data:

@@ -106,6 +106,14 @@ class Rule:
     target: Any = None
     each: SourcePath | None = None
     children: tuple[Rule, ...] | None = None
+    simple: bool = False  # one source, nothing else: the common case, run without checks
+
+    def finish(self) -> Rule:
+        self.simple = (
+            self.children is None and len(self.sources) == 1 and not self.transforms
+            and self.default is None and not self.required and self.when is None
+        )
+        return self
 
 
 @dataclass(slots=True)
@@ -312,11 +320,17 @@ class CompiledMapping:
             return builder.serialize().encode("utf-8")  # type: ignore[no-any-return]
         if self.target == "xml":
             return builder.serialize()  # type: ignore[no-any-return]
-        doc = prune(builder.document) or {}
+        doc = (prune(builder.document) or {}) if builder.padded else builder.document
         return dumps(doc) if self.decimals == "number" else dumps_strings(doc)
 
     def _rule(self, rule: Rule, scope: Any, base: _Base | None, builder: Any, run: Run) -> None:
         try:
+            if rule.simple:
+                # Sources never yield empty values, so there is nothing to filter.
+                values = rule.sources[0].values(scope, run)
+                if values:
+                    builder.write(rule.target, base.get() if base is not None else None, values)
+                return
             if rule.children is not None:
                 items = rule.each.nodes(scope, run) if rule.each is not None else [scope]
                 for item in items:
@@ -368,7 +382,7 @@ class CompiledMapping:
                 builder.document["id"] = item.id
             for rule in out.rules:
                 self._rule(rule, item.scope, None, builder, run)
-            resource = prune(builder.document) or {}
+            resource = (prune(builder.document) or {}) if builder.padded else builder.document
             resource["resourceType"] = out.resource
             assert out.resource is not None
             if self.validate:

@@ -31,7 +31,10 @@ def as_text(value: Any) -> str:
 
 def flatten(values: list[Any]) -> list[Any]:
     """Values with JSON arrays opened one level (``given`` is a list of names)."""
-    if not any(isinstance(v, list) for v in values):
+    for v in values:
+        if isinstance(v, list):
+            break
+    else:
         return values
     out: list[Any] = []
     for v in values:

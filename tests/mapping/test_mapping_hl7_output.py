@@ -139,3 +139,18 @@ to = "MSH-3"
     assert "|ORU^R01^ORU_R01|" in lines[0] and "|P|2.4|" in lines[0]
     assert lines[1:] == ["PID|||A~B", "OBX|1|NM|GLU||7.8", "OBX|2|NM|K||4.10",
                          "NTE|||n1", "NTE|||n2", ""]
+
+
+def test_a08_output_is_a_valid_hl7apy_adt_a01_structure() -> None:
+    """The reverse mapping's message passes hl7apy's strict structure validation."""
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    mapping = load_mapping(ROOT / "mappings" / "patient_to_adt_a08.toml")
+    source = ROOT / "mappings" / "fixtures" / "patient_to_adt_a08" / "zhang_xiaoming.in.json"
+    [out] = mapping.apply(Payload(source.read_bytes(), "fhir+json"))
+    message = parse_message(out.body.decode(), validation_level=VALIDATION_LEVEL.STRICT,
+                            find_groups=True)
+    assert message.name == "ADT_A01"
+    assert message.validate() is True
+    assert message.pid.pid_5.xpn_1.value == "张"
