@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ import orjson
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from adapters.payments.money import fen_to_yuan
 from adapters.payments.signing import (
     certificate_pem,
     certificate_serial_hex,
@@ -41,7 +39,6 @@ from adapters.payments.signing import (
     verify_sha256,
 )
 from adapters.wechatpay import crypto
-from adapters.wechatpay.bill import COLUMNS, SUMMARY
 from simulators.payments.core import (
     Build,
     Faults,
@@ -52,10 +49,10 @@ from simulators.payments.core import (
     drop_connection,
     run_forever,
 )
+from simulators.payments.wechatpay_bill import TradeBillBook
 
 RETRY_SCHEDULE = [15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800,
                   21600, 21600]
-FEE_RATE = Decimal("0.006")
 
 
 @dataclass
@@ -82,16 +79,6 @@ class SimRefund:
     status: str = "PROCESSING"
     success_time: str = ""
     create_time: str = ""
-
-
-@dataclass
-class LedgerEntry:
-    """One bill line: a payment or a refund, when it happened."""
-
-    at: str
-    day: str
-    order: SimOrder
-    refund: SimRefund | None = None
 
 
 def _rfc3339() -> str:
@@ -125,7 +112,7 @@ class WechatPaySimulator:
         self.refund_delay = refund_delay
         self.orders: dict[str, SimOrder] = {}
         self.refunds: dict[str, SimRefund] = {}
-        self.ledger: list[LedgerEntry] = []
+        self.bills = TradeBillBook(appid, mchid)
         self.counts = {"create_calls": 0, "query_calls": 0, "orders_created": 0, "charges": 0,
                        "refunds_created": 0, "refused_signatures": 0}
         self.faults = Faults()
@@ -431,48 +418,15 @@ class WechatPaySimulator:
     # -- bills -----------------------------------------------------------------------------
 
     def _book(self, order: SimOrder, refund: SimRefund | None = None) -> None:
-        now = china_now()
-        self.ledger.append(LedgerEntry(now.strftime("%Y-%m-%d %H:%M:%S"),
-                                       now.date().isoformat(), order, refund))
-
-    def _bill_rows(self, day: str) -> list[tuple[list[str], Decimal, Decimal, Decimal]]:
-        rows = []
-        for e in self.ledger:
-            if e.day != day:
-                continue
-            o, r = e.order, e.refund
-            amount = Decimal(0) if r else fen_to_yuan(o.amount)
-            refund = fen_to_yuan(r.amount) if r else Decimal("0.00")
-            fee = (Decimal(0) if r else amount * FEE_RATE).quantize(
-                Decimal("0.00001"), ROUND_HALF_UP)
-            cells = [e.at, self.appid, self.mchid, "0", "", o.transaction_id, o.out_trade_no,
-                     o.openid or "sim-openid", o.trade_type, "REFUND" if r else "SUCCESS",
-                     "OTHERS", "CNY", f"{amount:.2f}", "0.00", r.refund_id if r else "0",
-                     r.out_refund_no if r else "0", f"{refund:.2f}", "0.00",
-                     "ORIGINAL" if r else "", "SUCCESS" if r else "", o.description[:30], "",
-                     f"{fee}", "0.60%", f"{amount:.2f}", f"{refund:.2f}", ""]
-            rows.append((cells, amount, refund, fee))
-        return rows
-
-    def bill_csv(self, day: str) -> bytes:
-        rows = self._bill_rows(day)
-        lines = [",".join(COLUMNS)]
-        lines += [",".join("`" + c for c in cells) for cells, *_ in rows]
-        paid = sum((a for _, a, _, _ in rows), Decimal("0.00"))
-        refunded = sum((r for _, _, r, _ in rows), Decimal("0.00"))
-        fees = sum((f for *_, f in rows), Decimal("0.00000"))
-        lines.append(",".join(SUMMARY))
-        lines.append(",".join("`" + c for c in (f"{len(rows)}.0", f"{paid:.2f}",
-                                                 f"{refunded:.2f}", "0.0", f"{fees}",
-                                                 f"{paid:.2f}", f"{refunded:.2f}")))
-        return ("\ufeff" + "\n".join(lines) + "\n").encode("utf-8")
+        self.bills.book(transaction_id=order.transaction_id, out_trade_no=order.out_trade_no,
+                        openid=order.openid, trade_type=order.trade_type,
+                        description=order.description, amount_fen=order.amount,
+                        refund_id=refund.refund_id if refund else "",
+                        out_refund_no=refund.out_refund_no if refund else "",
+                        refund_fen=refund.amount if refund else 0)
 
     def bill_totals(self, day: Any) -> dict[str, Any]:
-        rows = self._bill_rows(day.isoformat())
-        return {"lines": len(rows),
-                "paid": str(sum((a for _, a, _, _ in rows), Decimal("0.00"))),
-                "refunded": str(sum((r for _, _, r, _ in rows), Decimal("0.00"))),
-                "fees": str(sum((f for *_, f in rows), Decimal("0.00000")))}
+        return self.bills.totals(day.isoformat())
 
     async def _tradebill(self, request: web.Request) -> web.Response:
         _, refused = await self._authenticate(request)
@@ -483,7 +437,7 @@ class WechatPaySimulator:
             return self._error(400, "PARAM_ERROR", "参数错误")
         token = secrets.token_urlsafe(16)
         self._tokens[token] = day
-        data = self.bill_csv(day)
+        data = self.bills.csv(day)
         return self._answer(200, {
             "hash_type": "SHA1",
             "hash_value": hashlib.sha1(data, usedforsecurity=False).hexdigest(),
@@ -496,7 +450,7 @@ class WechatPaySimulator:
         day = self._tokens.get(request.query.get("token", ""))
         if day is None:
             return self._error(404, "RESOURCE_NOT_EXISTS", "账单不存在")
-        return web.Response(body=self.bill_csv(day), content_type="text/csv")
+        return web.Response(body=self.bills.csv(day), content_type="text/csv")
 
     # -- control ---------------------------------------------------------------------------
 

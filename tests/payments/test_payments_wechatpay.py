@@ -33,6 +33,7 @@ from engine.settings import Secret
 from simulators.payments.control import SimControl
 from simulators.payments.core import CHINA
 from simulators.payments.wechatpay import WechatPaySimulator
+from simulators.payments.wechatpay_bill import TradeBillBook
 
 MCHID, APPID = "1900000001", "wxd678efh567hg6787"
 
@@ -363,9 +364,7 @@ async def test_trade_bill_parses_to_the_simulator_totals(wx: Rig, eventually: An
 
 
 def test_trade_bill_parser_rejects_inconsistent_or_malformed_bills() -> None:
-    sim = WechatPaySimulator.__new__(WechatPaySimulator)
-    sim.appid, sim.mchid, sim.ledger = APPID, MCHID, []
-    good = sim.bill_csv("2024-05-01")
+    good = TradeBillBook(APPID, MCHID).csv("2024-05-01")
     assert good.startswith(b"\xef\xbb\xbf")
     assert parse_trade_bill(good).totals.lines == 0
     with pytest.raises(BillError, match="header"):
