@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -69,6 +70,18 @@ def _pending_row(conn: sqlite3.Connection, message_id: str) -> Pending | None:
     return Pending(row[0], Envelope(message_id, row[1], headers, row[3]))
 
 
+def _due_rows(older_than: float, after: str, limit: int, conn: sqlite3.Connection
+              ) -> list[str]:
+    rows = conn.execute(
+        "SELECT message_id FROM outbox WHERE created_at <= ? AND message_id > ?"
+        " ORDER BY message_id LIMIT ?", (older_than, after, limit)).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _pending_rows(ids: list[str], conn: sqlite3.Connection) -> list[tuple[str, Pending | None]]:
+    return [(i, _pending_row(conn, i)) for i in ids]
+
+
 class Outbox:
     """The outbox of one database publishing to one backend.
 
@@ -100,12 +113,14 @@ class Outbox:
         sweeping for rows whose publish fails from now on."""
         await self._ensure_schema()
         try:
-            count = await self.sweep(grace=0.0)
-        except (QueueUnavailable, QueueFull) as exc:
+            sent, failed = await self.sweep(grace=0.0)
+        except QueueUnavailable as exc:
             log.warning("outbox: pending messages not republished yet (%s); will retry", exc)
         else:
-            if count:
-                log.warning("outbox: republished %d message(s) stored before a restart", count)
+            if sent:
+                log.warning("outbox: republished %d message(s) stored before a restart", sent)
+            if failed:
+                log.warning("outbox: %d pending message(s) could not be republished yet", failed)
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="outbox sweep")
 
@@ -187,8 +202,13 @@ class Outbox:
         if future is None:
             future = asyncio.ensure_future(self._publish_once(message_id, queue, envelope))
             self._inflight[message_id] = future
-            future.add_done_callback(lambda _: self._inflight.pop(message_id, None))
+            future.add_done_callback(functools.partial(self._published, message_id))
         await asyncio.shield(future)
+
+    def _published(self, message_id: str, future: asyncio.Future[None]) -> None:
+        self._inflight.pop(message_id, None)
+        if not future.cancelled():
+            future.exception()  # retrieved: a caller that went away must not leave it unseen
 
     async def _publish_once(self, message_id: str, queue: str, envelope: Envelope) -> None:
         await self.backend.publish(queue, [envelope])
@@ -214,41 +234,44 @@ class Outbox:
             finally:
                 self._confirmed.difference_update(batch)
 
-    async def sweep(self, *, grace: float | None = None, limit: int = 500) -> int:
-        """Publish pending rows older than ``grace`` seconds; returns how many went out.
+    async def sweep(self, *, grace: float | None = None, limit: int = 500) -> tuple[int, int]:
+        """Publish every pending row older than ``grace`` seconds.
 
-        Raises QueueUnavailable or QueueFull when the broker refuses (the rest wait).
+        Returns (published, failed). A row that fails is counted on its row and tried again
+        next time; it does not hold up the others.
+
+        Raises:
+            QueueUnavailable: the backend is away (nothing was tried).
         """
+        await self.backend.ping()
         older_than = time.time() - (self.grace if grace is None else grace)
-        total = 0
+        sent = failed = 0
         after = ""
         while True:
-            rows = await self.db.read(lambda conn, a=after: conn.execute(
-                "SELECT o.message_id FROM outbox o WHERE o.created_at <= ? AND o.message_id > ?"
-                " ORDER BY o.message_id LIMIT ?", (older_than, a, limit)).fetchall())
+            rows = await self.db.read(functools.partial(_due_rows, older_than, after, limit))
             if not rows:
-                return total
-            after = rows[-1][0]
-            ids = [r[0] for r in rows
-                   if r[0] not in self._inflight and r[0] not in self._confirmed]
-            pending = await self.db.read(
-                lambda conn, ids=ids: [(i, _pending_row(conn, i)) for i in ids])
-            jobs = [self._publish(i, p.queue, p.envelope) for i, p in pending if p is not None]
-            results = await asyncio.gather(*jobs, return_exceptions=True)
-            sent = sum(1 for r in results if r is None)
-            total += sent
-            self.republished += sent
-            failure = next((r for r in results if isinstance(r, BaseException)), None)
-            if failure is not None:
-                await self._note_failures([i for (i, _), r in zip(pending, results, strict=True)
-                                           if isinstance(r, BaseException)], failure)
-                raise failure
+                return sent, failed
+            after = rows[-1]
+            ids = [i for i in rows if i not in self._inflight and i not in self._confirmed]
+            found = await self.db.read(functools.partial(_pending_rows, ids))
+            pending = [(i, p) for i, p in found if p is not None]
+            results = await asyncio.gather(
+                *(self._publish(i, p.queue, p.envelope) for i, p in pending),
+                return_exceptions=True,
+            )
+            errors = [(i, r) for (i, _), r in zip(pending, results, strict=True)
+                      if isinstance(r, BaseException)]
+            sent += len(pending) - len(errors)
+            failed += len(errors)
+            self.republished += len(pending) - len(errors)
+            if errors:
+                await self._note_failures(errors)
 
-    async def _note_failures(self, ids: list[str], error: BaseException) -> None:
+    async def _note_failures(self, errors: list[tuple[str, BaseException]]) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE message_id = ?",
-                [(str(error)[:500], i) for i in ids],
+                [(str(error)[:500], i) for i, error in errors],
             )
 
         with contextlib.suppress(StoreUnavailable):
@@ -259,8 +282,8 @@ class Outbox:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                count = await self.sweep()
-            except (QueueUnavailable, QueueFull, StoreUnavailable) as exc:
+                sent, failed = await self.sweep()
+            except (QueueUnavailable, StoreUnavailable) as exc:
                 if not failing:
                     log.warning("outbox: cannot republish pending messages yet: %s", exc)
                 failing = True
@@ -268,10 +291,11 @@ class Outbox:
             except Exception:
                 log.exception("outbox: sweep failed")
                 continue
-            if count:
-                log.warning("outbox: published %d message(s) whose first publish failed",
-                            count)
-            failing = False
+            if sent:
+                log.warning("outbox: published %d message(s) whose first publish failed", sent)
+            if failed and not failing:
+                log.warning("outbox: %d pending message(s) could not be published yet", failed)
+            failing = failed > 0
 
 
 _outboxes: weakref.WeakKeyDictionary[Database, Outbox] = weakref.WeakKeyDictionary()

@@ -23,9 +23,11 @@ from engine.filters import Filter
 from engine.ingest import ChannelIngest, channel_queue
 from engine.message import Message
 from engine.metrics import Gauge, Metrics
+from engine.outbox import Outbox, outbox_for
 from engine.pipeline import ChannelWorker, DestinationRuntime, DestinationWorker
 from engine.store import REPLAYED, MessageStore
 from queues.contract import QueueBackend
+from queues.rabbitmq.backend import RabbitQueue
 from queues.sqlite import SqliteQueue
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class Engine:
         self.channels: dict[str, ChannelRuntime] = {}
         self.admin: Any = None
         self.admin_token = ""
+        self.outbox: Outbox | None = None
         self.started_at = 0.0
         self._started = False
 
@@ -103,6 +106,10 @@ class Engine:
                 for dw in rt.dest_workers:
                     dw.start()
                 rt.worker.start()
+            if not isinstance(self.backend, SqliteQueue):
+                # Republish what a crashed run stored but may not have published.
+                self.outbox = outbox_for(self.db, self.backend)
+                await self.outbox.start()
             for rt in self.channels.values():
                 await rt.source.start(rt.ingest)
             self._register_gauges()
@@ -173,6 +180,9 @@ class Engine:
                 except Exception:
                     log.exception("destination %s/%s did not close cleanly", d.channel, d.name)
         self.channels.clear()
+        if self.outbox is not None:
+            await self.outbox.close()
+            self.outbox = None
         await self.backend.close()
         await self.db.close()
         self._started = False
@@ -197,6 +207,9 @@ class Engine:
             out: dict[tuple[tuple[str, str], ...], float] = {}
             if isinstance(self.backend, SqliteQueue):
                 for queue, n in self.backend._depth.items():
+                    out[(("queue", queue),)] = float(n)
+            elif isinstance(self.backend, RabbitQueue):
+                for queue, n in self.backend.known_depths().items():
                     out[(("queue", queue),)] = float(n)
             return out
 

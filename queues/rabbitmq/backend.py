@@ -77,6 +77,7 @@ class RabbitQueue:
         self._admin: AbstractRobustChannel | None = None
         self._closing = False
         self._was_lost = False
+        self._refresher: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -95,6 +96,35 @@ class RabbitQueue:
             ) from None
         log.info("connected to RabbitMQ at %s (prefix %s)", self.config.display_url(),
                  self.config.prefix)
+        _quiet_reconnect_noise()
+        self._refresher = asyncio.create_task(self._watch(), name="rabbitmq watch")
+
+    async def _watch(self, every: float = 1.0, depths_every: float = 10.0,
+                     remind_every: float = 30.0) -> None:
+        """Report outages (their start comes from ``_on_lost``) and keep ``known_depths``
+        current for the metrics gauges, which cannot await."""
+        lost_at: float | None = None
+        reminded = next_depths = 0.0
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            if not self.available:
+                if lost_at is None:
+                    lost_at = reminded = now
+                elif now - reminded >= remind_every:
+                    reminded = now
+                    log.warning("RabbitMQ still unreachable after %.0fs; sources refuse "
+                                "messages", now - lost_at)
+                continue
+            if lost_at is not None or self._was_lost:
+                log.warning("RabbitMQ connection restored%s",
+                            f" after {now - lost_at:.0f}s" if lost_at is not None else "")
+                lost_at = None
+                self._was_lost = False
+            if now >= next_depths:
+                next_depths = now + depths_every
+                for queue in list(self._topologies):
+                    await self.depth(queue)
 
     async def _connect(self, role: str) -> AbstractRobustConnection:
         connection = await aio_pika.connect_robust(
@@ -104,7 +134,6 @@ class RabbitQueue:
             client_properties={"connection_name": f"hisbridge {self.config.prefix} {role}"},
         )
         connection.close_callbacks.add(self._on_lost)
-        connection.reconnect_callbacks.add(self._on_back)
         return connection
 
     def _on_lost(self, _connection: Any, exc: BaseException | None = None) -> None:
@@ -113,13 +142,13 @@ class RabbitQueue:
             log.warning("lost the RabbitMQ connection (%s); sources refuse messages until it "
                         "is back", _describe(exc) if exc else "closed")
 
-    def _on_back(self, _connection: Any) -> None:
-        if self._was_lost and self.available:
-            self._was_lost = False
-            log.warning("RabbitMQ connection restored")
-
     async def close(self) -> None:
         self._closing = True
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
         for consumer in list(self._consumers.values()):
             await consumer.close()
         for connection in (self._subscriber, self._publisher):
@@ -188,6 +217,8 @@ class RabbitQueue:
     async def _admin_channel(self) -> aiormq.abc.AbstractChannel:
         if self._admin is None:
             raise QueueUnavailable("the RabbitMQ backend is not started")
+        if not self.available:  # a robust channel would wait for the reconnection
+            raise QueueUnavailable(f"RabbitMQ at {self.config.display_url()} is not connected")
         try:
             async with asyncio.timeout(self.config.publish_timeout):
                 return await self._admin.get_underlay_channel()
@@ -376,6 +407,25 @@ class RabbitQueue:
         if self._subscriber is None:
             raise QueueUnavailable("the RabbitMQ backend is not started")
         return self._subscriber
+
+
+class _ReconnectNoise(logging.Filter):
+    """aio-pika and aiormq log every failed reconnection attempt, tracebacks included, as
+    warnings and errors. The backend reports an outage itself (when it starts, every 30 s
+    while it lasts, when it ends), so theirs are kept for DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL or log.isEnabledFor(logging.DEBUG)
+
+
+_NOISY = ("aiormq.connection", "aio_pika.robust_connection", "aio_pika.tools")
+
+
+def _quiet_reconnect_noise() -> None:
+    for name in _NOISY:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ReconnectNoise) for f in logger.filters):
+            logger.addFilter(_ReconnectNoise())
 
 
 def _inbound(delivery: Delivery) -> Inbound:

@@ -136,7 +136,9 @@ class RabbitConsumer:
             task.cancel()
         if self._channel is not None:
             with contextlib.suppress(*_GONE, TimeoutError, asyncio.CancelledError):
-                if self._amqp_queue is not None and self._tag is not None:
+                if self._amqp_queue is not None and self._tag is not None and (
+                    self.backend.available
+                ):
                     await asyncio.wait_for(self._amqp_queue.cancel(self._tag), 5)
                 # Closing the channel returns every unacked message to the queue.
                 await asyncio.wait_for(self._channel.close(), 5)

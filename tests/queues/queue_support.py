@@ -58,13 +58,15 @@ class Broker:
         vhost = "%2F" if self.vhost == "/" else self.vhost
         return f"amqp://guest:guest@{self.host}/{vhost}"
 
-    def toml(self, prefix: str, **extra: object) -> str:
-        """A ``[queue]`` table for config files of engines started as subprocesses."""
-        lines = ["[queue]", 'backend = "rabbitmq"', f'host = "{self.host}"',
-                 f'vhost = "{self.vhost}"', f'prefix = "{prefix}"', "reconnect_interval = 0.5"]
-        for key, value in extra.items():
-            lines.append(f"{key} = {value!r}" if not isinstance(value, str) else
-                         f'{key} = "{value}"')
+    def toml(self, prefix: str, **overrides: object) -> str:
+        """A ``[queue]`` table for config files (engines in this process or subprocesses)."""
+        fields: dict[str, object] = {"backend": "rabbitmq", "host": self.host,
+                                     "vhost": self.vhost, "prefix": prefix,
+                                     "reconnect_interval": 0.5}
+        fields.update(overrides)
+        lines = ["[queue]"]
+        for key, value in fields.items():
+            lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
         return "\n".join(lines) + "\n"
 
 
