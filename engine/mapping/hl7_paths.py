@@ -146,6 +146,8 @@ class Hl7Scope:
         if not positions:
             return -1
         lo, hi = self.lo, self.hi
+        if lo == 0 and hi >= positions[-1]:
+            return positions[occ - 1] if occ <= len(positions) else -1
         n = 0
         for p in positions:
             if lo <= p < hi:

@@ -38,6 +38,7 @@ class JsonTarget:
     relative: bool
     steps: tuple[Any, ...]
     spread: int  # index of the [*] step, -1 when none
+    keys_only: bool = False  # a.b.c: written by a short loop over dicts
 
 
 def compile_json_target(text: str) -> JsonTarget:
@@ -48,7 +49,8 @@ def compile_json_target(text: str) -> JsonTarget:
     for s in steps:
         if isinstance(s, int) and s < 0:
             raise ValueError(f"{text!r}: target indexes must be 0 or more (or [+], [=])")
-    return JsonTarget(text, relative, tuple(steps), stars[0] if stars else -1)
+    keys_only = bool(steps) and all(isinstance(x, str) for x in steps)
+    return JsonTarget(text, relative, tuple(steps), stars[0] if stars else -1, keys_only)
 
 
 class JsonBuilder:
@@ -77,7 +79,7 @@ class JsonBuilder:
                 cur = {}
                 container[key] = cur
             elif not isinstance(cur, dict):
-                raise Problem(f"target {path}: {step!r} is inside a value that is not an object")
+                raise Problem(f"target {path}: {key!r} holds a value, not an object")
             return (cur, step)
         if cur is None:
             cur = []
@@ -111,6 +113,20 @@ class JsonBuilder:
         return slot
 
     def write(self, target: JsonTarget, base: Slot | None, values: list[Any]) -> None:
+        if target.keys_only and not target.relative:
+            node = self.holder[0]
+            steps = target.steps
+            for key in steps[:-1]:
+                nxt = node.get(key)
+                if nxt is None:
+                    nxt = {}
+                    node[key] = nxt
+                elif type(nxt) is not dict:
+                    raise Problem(f"target {target.text}: {key!r} holds a value, not an object")
+                node = nxt
+            value = values[0]
+            node[steps[-1]] = copy.deepcopy(value) if isinstance(value, dict | list) else value
+            return
         slot = base if (target.relative and base is not None) else self.root()
         if target.spread < 0:
             for step in target.steps:

@@ -376,7 +376,7 @@ def test_decimals_as_strings(tmp_path: Path) -> None:
 
 
 def test_target_conflict_is_a_mapping_error(tmp_path: Path) -> None:
-    with pytest.raises(MappingError, match=r"rule\[1\].*'b' is inside a value that is not an"):
+    with pytest.raises(MappingError, match=r"rule\[1\] \(to 'a.b'\): target a.b: 'a' holds a value, not an object"):
         one(tmp_path, '[[rule]]\nvalue = "x"\nto = "a"\n[[rule]]\nvalue = "y"\nto = "a.b"')
 
 
@@ -498,3 +498,24 @@ def test_bad_json_and_hostile_xml_input(tmp_path: Path) -> None:
         x.apply(Payload(b"<a><b></a>", "xml"))
     [out] = x.apply(Payload(b"<a>ok</a>", "xml"))
     assert json.loads(out.body) == {"x": "ok"}
+
+
+def test_batch_bundle_with_conditional_create(tmp_path: Path) -> None:
+    m = mapping(tmp_path, FHIR_HEAD + """
+bundle = "batch"
+[[output]]
+name = "patient"
+resource = "Patient"
+method = "POST"
+if_none_exist = "identifier={identifier[0].value}"
+[[output.rule]]
+from = "PID-3.1"
+to = "identifier[0].value"
+""")
+    [out] = m.apply(Payload(ADT.encode(), "hl7v2"))
+    doc = json.loads(out.body)
+    assert doc["type"] == "batch"
+    assert doc["entry"][0]["request"] == {
+        "method": "POST", "url": "Patient", "ifNoneExist": "identifier=111",
+    }
+    assert out.headers == {"mapping": "m", "fhir-resource-type": "Bundle"}
