@@ -20,6 +20,7 @@ from typing import Any
 
 from engine.contracts import Mapper
 from engine.errors import ConfigError
+from engine.hl7 import charset_codec
 from engine.mapping import fhir
 from engine.mapping.conditions import Condition, compile_condition
 from engine.mapping.datetimes import parse_offset
@@ -193,6 +194,9 @@ def _rule(
                 try:
                     rule.each = ctx.compile_path(each)
                     each_in_group = True
+                    if getattr(rule.each, "comp", None) is not None:
+                        ctx.problems.add(label, f"'each' {each!r} names a component: iterate "
+                                         "segments (OBX[*]) or repetitions (PID-3[*])")
                     if ctx.source != "xml" and each.strip().startswith((".", "-")) and not in_group:
                         ctx.problems.add(label, f"{each!r} is relative: nest it in another group")
                 except ValueError as exc:
@@ -407,6 +411,9 @@ def _hl7_header(raw: Any, problems: _Problems) -> dict[int, str]:
     for key, value in raw.items():
         if not isinstance(value, str) or any(c in value for c in "|~\\&\r\n"):
             problems.add(f"hl7.{key}", "must be a string without HL7 delimiters")
+    if charset_codec(str(raw.get("charset", "UNICODE UTF-8"))) in (None, ""):
+        problems.add("hl7.charset", f"unknown character set {raw.get('charset')!r} "
+                     "(e.g. UNICODE UTF-8, GB 18030-2000)")
     return {
         3: raw.get("sending_application", "HISBRIDGE"),
         4: raw.get("sending_facility", ""),
@@ -534,6 +541,7 @@ def _compile(
         when=when, bundle=bundle or "none", validate=validate, decimals=decimals, tz=tz,
         msh=msh, namespaces=dict(namespaces),
         outputs_by_name={o.name: o for o in outputs},
+        encoding=charset_codec(msh.get(18, "")) or "utf-8",
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
 from collections.abc import Mapping as AnyMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timezone
@@ -213,7 +212,7 @@ class CompiledMapping:
     msh: dict[int, str] = field(default_factory=dict)
     namespaces: dict[str, str] = field(default_factory=dict)
     outputs_by_name: dict[str, Output] = field(default_factory=dict)
-    clock: Callable[[], datetime] | None = None
+    encoding: str = "utf-8"  # of HL7 v2 output, as its MSH-18 declares
 
     def apply(self, payload: Payload) -> list[Payload]:
         """Map one payload; [] when the mapping's ``when`` does not match.
@@ -225,7 +224,7 @@ class CompiledMapping:
 
     def run(self, payload: Payload, *, now: datetime | None = None) -> list[Payload]:
         root = self._read(payload)
-        when = now or (self.clock() if self.clock else datetime.now(self.tz))
+        when = now or datetime.now(self.tz)
         digest = hashlib.blake2b(
             self.name.encode() + b"\x00" + payload.body
             + b"".join(f"\x00{k}={v}".encode() for k, v in sorted(payload.headers.items())),
@@ -317,7 +316,14 @@ class CompiledMapping:
     def _build(self, item: Item, run: Run, n: int) -> bytes:
         builder = self._populate(item, run, n)
         if self.target == "hl7v2":
-            return builder.serialize().encode("utf-8")  # type: ignore[no-any-return]
+            text: str = builder.serialize()
+            try:
+                return text.encode(self.encoding)
+            except UnicodeEncodeError as exc:
+                raise self._fail(
+                    "output", f"a value cannot be written in {self.encoding} (MSH-18) at "
+                    f"character {exc.start}"
+                ) from None
         if self.target == "xml":
             return builder.serialize()  # type: ignore[no-any-return]
         doc = (prune(builder.document) or {}) if builder.padded else builder.document

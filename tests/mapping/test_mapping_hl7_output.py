@@ -154,3 +154,25 @@ def test_a08_output_is_a_valid_hl7apy_adt_a01_structure() -> None:
     assert message.name == "ADT_A01"
     assert message.validate() is True
     assert message.pid.pid_5.xpn_1.value == "张"
+
+
+def test_output_is_encoded_as_msh18_declares(tmp_path: Path) -> None:
+    (tmp_path / "gb.toml").write_text(
+        'source = "json"\ntarget = "hl7v2"\n[hl7]\nmessage_type = "ADT^A08^ADT_A01"\n'
+        'charset = "GB 18030-2000"\n[[rule]]\nfrom = "name"\nto = "PID-5.1"\n',
+        encoding="utf-8",
+    )
+    mapping = load_mapping(tmp_path / "gb.toml")
+    [out] = mapping.apply(Payload('{"name": "陈国华"}'.encode(), "json"))
+    assert "陈国华".encode("gb18030") in out.body
+    msg = parse(out.body)  # decoded again by MSH-18
+    assert msg.encoding == "gb18030" and msg.get("PID", 5) == "陈国华"
+    (tmp_path / "latin.toml").write_text(
+        'source = "json"\ntarget = "hl7v2"\n[hl7]\nmessage_type = "ADT^A08"\n'
+        'charset = "8859/1"\n[[rule]]\nfrom = "name"\nto = "PID-5.1"\n', encoding="utf-8",
+    )
+    latin = load_mapping(tmp_path / "latin.toml")
+    from engine.errors import MappingError
+
+    with pytest.raises(MappingError, match=r"cannot be written in latin-1 \(MSH-18\)"):
+        latin.apply(Payload('{"name": "陈"}'.encode(), "json"))

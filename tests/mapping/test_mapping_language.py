@@ -376,7 +376,8 @@ def test_decimals_as_strings(tmp_path: Path) -> None:
 
 
 def test_target_conflict_is_a_mapping_error(tmp_path: Path) -> None:
-    with pytest.raises(MappingError, match=r"rule\[1\] \(to 'a.b'\): target a.b: 'a' holds a value, not an object"):
+    wanted = r"rule\[1\] \(to 'a.b'\): target a.b: 'a' holds a value, not an object"
+    with pytest.raises(MappingError, match=wanted):
         one(tmp_path, '[[rule]]\nvalue = "x"\nto = "a"\n[[rule]]\nvalue = "y"\nto = "a.b"')
 
 

@@ -99,6 +99,9 @@ to = "identifier[0].value"
         ('[[rule]]\neach = "PID-3[*]"\nfrom = "PID-3"\nto = "gender"', "'each' needs nested rules"),
         ('[[rule]]\nfrom = "PID-8"\nwhen = "@seq = 1"\nto = "gender"',
          "@seq changes each time it is read"),
+        ('[[rule]]\neach = "PID-3[*].1"\nto = "identifier[+]"\n'
+         'rule = [{ from = ".", to = ".value" }]',
+         "'each' 'PID-3[*].1' names a component"),
     ],
 )
 def test_a_bad_rule_fails_load_naming_file_and_rule(
@@ -135,6 +138,8 @@ def test_a_bad_rule_fails_load_naming_file_and_rule(
         ('source = "json"\ntarget = "json"\nsource_type = 1\n[[rule]]\nfrom = "x"\nto = "y"',
          "unknown key 'source_type'"),
         ('source = "json"\ntarget = "json"\n[[rule]\nfrom = "x"', "not valid TOML"),
+        ('source = "json"\ntarget = "hl7v2"\n[hl7]\nmessage_type = "ADT^A08"\ncharset = "EBCDIC"\n'
+         '[[rule]]\nfrom = "x"\nto = "PID-5"', "hl7.charset: unknown character set 'EBCDIC'"),
     ],
 )
 def test_a_bad_file_fails_load(tmp_path: Path, body: str, expected: str) -> None:
