@@ -80,12 +80,17 @@ class PaymentService:
                                dict(extra or {}))
         order = await self.store.create_order(self.name, request)
         fresh = order.created_at == request.created_at
-        if order.submit is Submit.ACCEPTED or order.state is not OrderState.CREATED:
+        if order.state is not OrderState.CREATED:
             return order
         if order.submit is Submit.REJECTED:
             raise GatewayRejected(f"order {out_trade_no} was refused by {self.name}")
+        if order.submit is Submit.ACCEPTED:
+            if order.kind in self.gateway.repeatable_kinds:
+                # Moves no money: ask again for what the payer needs (the QR code).
+                return await self._send_create(order, resend_allowed=False)
+            return order
         if not fresh:
-            resolved = await self._resolve_create(order)
+            resolved = await self._resolve_create(order, refetch=True)
             if resolved is not None:
                 return resolved
         return await self._send_create(order, resend_allowed=True)
@@ -97,7 +102,7 @@ class PaymentService:
             await self.store.mark_submit(self.name, order.out_trade_no, Submit.IN_DOUBT)
             log.warning("create order in doubt, querying: gateway=%s order=%s", self.name,
                         order.out_trade_no)
-            resolved = await self._resolve_create(order)
+            resolved = await self._resolve_create(order, refetch=resend_allowed)
             if resolved is not None:
                 return resolved
             if not resend_allowed:
@@ -115,11 +120,12 @@ class PaymentService:
             order = await self._order(order.out_trade_no)
         return order
 
-    async def _resolve_create(self, order: Order) -> Order | None:
-        """Query an order whose create may or may not have arrived; None = safe to send.
+    async def _resolve_create(self, order: Order, *, refetch: bool) -> Order | None:
+        """Query an order whose create may or may not have arrived; None = send it (again,
+        with the same ``out_trade_no``, which the gateway treats as the same order).
 
-        When the gateway has the order unpaid and its create moves no money, the create is
-        repeated (same ``out_trade_no``) to get back what the payer needs (the QR code).
+        With ``refetch``, when the gateway has the order unpaid and its create moves no money,
+        the create is repeated once to get back what the payer needs (the QR code).
         """
         answer = await self.gateway.query(order)
         if answer is None:
@@ -127,7 +133,7 @@ class PaymentService:
         await self.store.mark_submit(self.name, order.out_trade_no, Submit.ACCEPTED,
                                      gateway_trade_no=answer.gateway_trade_no)
         order = await self._apply_answer(order, answer)
-        if (answer.status is TradeStatus.UNPAID
+        if (refetch and answer.status is TradeStatus.UNPAID
                 and order.kind in self.gateway.repeatable_kinds):
             return await self._send_create(order, resend_allowed=False)
         return order
@@ -238,7 +244,12 @@ class PaymentService:
         return await self._settle(request, answer, "refund queried")
 
     async def resolve_refund(self, out_refund_no: str) -> Refund:
-        """Query a refund that is in doubt or processing and record the answer."""
+        """Query a refund that is in doubt or processing and record the answer.
+
+        A refund the gateway does not know stays as it is, its amount still reserved: the
+        request may yet be in flight. ``refund()`` with the same ``out_refund_no`` sends it
+        again (the gateway treats the same key as the same refund).
+        """
         refund = await self.store.refund(self.name, out_refund_no)
         if refund is None:
             raise OrderNotFound(f"no refund {out_refund_no}")
@@ -248,10 +259,6 @@ class PaymentService:
         request = RefundRequest(order, out_refund_no, refund.amount_fen, refund.reason,
                                 refund.created_at)
         resolved = await self._resolve_refund(request)
-        if resolved is None and refund.state is not RefundState.REQUESTED:
-            # The gateway never got it: free the amount again.
-            return await self.store.settle_refund(self.name, out_refund_no, RefundState.FAILED,
-                                                  "unknown to the gateway")
         return resolved or refund
 
     async def _settle(self, request: RefundRequest, answer: RefundAnswer, cause: str) -> Refund:

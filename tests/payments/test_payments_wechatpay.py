@@ -234,7 +234,12 @@ async def test_timed_out_create_and_refund_are_resolved_by_query_before_any_retr
             await service.create_order("WX20240016", 450, "检查费", "native")
         assert (await _order(wx, "WX20240016")).submit is Submit.IN_DOUBT
         await wx.control.faults(latency=0)
-        await asyncio.sleep(0.4)
+
+        async def late_calls_done() -> bool:  # the gateway finishes what we gave up on
+            stats = await wx.control.stats()
+            return (stats["create_calls"], stats["query_calls"]) == (1, 1)
+
+        await eventually(late_calls_done)
         order = await service.create_order("WX20240016", 450, "检查费", "native")
         assert order.submit is Submit.ACCEPTED
         stats = await wx.control.stats()
@@ -250,7 +255,11 @@ async def test_timed_out_create_and_refund_are_resolved_by_query_before_any_retr
         assert refund is not None
         assert refund.state is RefundState.IN_DOUBT
         await wx.control.faults(latency=0)
-        await asyncio.sleep(0.4)
+
+        async def late_refund_done() -> bool:
+            return bool((await wx.control.stats())["refunds_created"] == 1)
+
+        await eventually(late_refund_done)
         refund = await service.refund("WX20240016", "WX20240016R1", 450)
         assert refund.state in (RefundState.PROCESSING, RefundState.SUCCESS)
         assert (await wx.control.stats())["refunds_created"] == 1
