@@ -14,7 +14,10 @@ import pytest
 from engine.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = Path("/work/shared/samples/hl7")
+SHARED = ROOT.parent / "shared"
+if not SHARED.exists():  # as in tests/conftest.py: a sibling of the repository, or the env
+    SHARED = Path(os.environ.get("HISBRIDGE_SHARED", "/work/shared"))
+SAMPLES = SHARED / "samples" / "hl7"
 
 
 STANDARD = ("adt_to_fhir", "orders_to_servicerequest", "oru_to_diagnosticreport",

@@ -7,6 +7,7 @@ validation), and identifiers, names, dates, codes and amounts are checked field 
 from __future__ import annotations
 
 import json
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ from engine.hl7 import parse
 from engine.mapping import CompiledMapping, load_mappings
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = Path("/work/shared/samples/hl7")
+SHARED = ROOT.parent / "shared"
+if not SHARED.exists():  # as in tests/conftest.py: a sibling of the repository, or the env
+    SHARED = Path(os.environ.get("HISBRIDGE_SHARED", "/work/shared"))
+SAMPLES = SHARED / "samples" / "hl7"
 ID_CARD = "urn:oid:2.16.156.10011.1.3"
 
 
@@ -406,7 +410,8 @@ def test_round_trip_adt_patient_adt_keeps_identity(mappings: dict[str, CompiledM
 
 
 def test_patient_from_the_fhir_corpus_maps_to_a08(mappings: dict[str, CompiledMapping]) -> None:
-    body = Path("/work/shared/corpora/fhir-r4/Patient/patient-example-chinese.json").read_bytes()
+    body = (SHARED / "corpora" / "fhir-r4" / "Patient" / "patient-example-chinese.json")\
+        .read_bytes()
     [a08] = run(mappings["patient_to_adt_a08"], body, "fhir+json")
     msg = parse(a08.body)
     assert msg.get("PID", 3, 1) == "3112219680806371X"
