@@ -45,6 +45,9 @@ from engine.message import id_time
 from simulators.his import HisSender, traffic
 from tests.conftest import free_port
 
+# The broker for --queue rabbitmq (guest account); each run uses its own queue prefix.
+RABBITMQ = os.environ.get("HISBRIDGE_RABBITMQ", "127.0.0.1:5672")
+
 ADT_MAPPING_CANDIDATES = ("adt_to_fhir", "adt_to_patient", "adt_patient_encounter")
 
 
@@ -126,7 +129,7 @@ async def run_bare(n: int, connections: int, workdir: Path) -> Row:
 def engine_toml(workdir: Path, *, port: int, admin: int, dest: str, queue: str,
                 strict: bool) -> str:
     queue_toml = 'backend = "sqlite"' if queue == "sqlite" else (
-        'backend = "rabbitmq"\nurl = "amqp://guest:guest@127.0.0.1:5672/"')
+        f'backend = "rabbitmq"\nhost = "{RABBITMQ}"\nprefix = "{workdir.name}"')
     return f"""
 mappings_dir = "{REPO / 'mappings'}"
 [store]
@@ -206,6 +209,13 @@ async def run_engine(
     finally:
         engine.stop()
         peer.stop()
+        if queue == "rabbitmq":
+            from engine.config import load_config
+            from queues.rabbitmq.admin import drop_topology
+
+            cfg = load_config(config).queue
+            assert cfg.backend == "rabbitmq"
+            await drop_topology(cfg, ["channel:bench", "dest:bench/fhir", "dest:bench/cdr"])
 
 
 def find_mapping() -> str | None:

@@ -6,18 +6,21 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import aio_pika
-
 from queues.contract import Consumer, Delivery
+from queues.rabbitmq.admin import drop_topology
 from queues.rabbitmq.config import RabbitQueueConfig
-from queues.rabbitmq.topology import QueueTopology
 
 BROKER = os.environ.get("HISBRIDGE_RABBITMQ", "127.0.0.1:5672")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def broker_reachable(host_port: str = BROKER, timeout: float = 2.0) -> bool:
@@ -78,21 +81,7 @@ def wait_broker_up(timeout: float = 60) -> None:
 
 async def delete_topology(broker: Broker, prefix: str, logical: list[str]) -> None:
     """Delete every queue behind ``logical`` under ``prefix``, and the dead-letter exchange."""
-    config = broker.config(prefix)
-    connection = await aio_pika.connect(broker.url(), timeout=10)
-    try:
-        channel = await connection.channel()
-        for name in logical:
-            for ordered in (False, True):
-                topo = QueueTopology(name, prefix, config.queue_type, ordered,
-                                     config.delivery_limit, None, tuple(config.delay_tiers))
-                for queue in topo.all_queues():
-                    with contextlib.suppress(Exception):
-                        await channel.queue_delete(queue)
-        with contextlib.suppress(Exception):
-            await channel.exchange_delete(f"{prefix}.dead")
-    finally:
-        await connection.close()
+    await drop_topology(broker.config(prefix), logical)
 
 
 class Taker:
@@ -189,3 +178,45 @@ class TcpProxy:
         finally:
             dst.transport.abort()
             self._writers.discard(dst)
+
+
+def serve(config: Path) -> subprocess.Popen[bytes]:
+    """``hisbridge serve`` as a subprocess; its stderr goes to ``engine.log`` beside the config."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with (config.parent / "engine.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "serve", "--config", str(config)],
+            env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )
+
+
+def engine_log(config: Path) -> str:
+    return (config.parent / "engine.log").read_text(errors="replace")[-3000:]
+
+
+async def wait_listening(port: int, proc: subprocess.Popen[bytes], config: Path,
+                         within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"engine exited: {engine_log(config)}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("engine did not start listening")
+
+
+async def stop(proc: subprocess.Popen[bytes], config: Path) -> None:
+    """SIGTERM, wait for a clean exit (code 0), without blocking the event loop."""
+    proc.send_signal(signal.SIGTERM)
+    for _ in range(400):
+        if proc.poll() is not None:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, engine_log(config)
