@@ -410,8 +410,8 @@ def test_round_trip_adt_patient_adt_keeps_identity(mappings: dict[str, CompiledM
 
 
 def test_patient_from_the_fhir_corpus_maps_to_a08(mappings: dict[str, CompiledMapping]) -> None:
-    body = (SHARED / "corpora" / "fhir-r4" / "Patient" / "patient-example-chinese.json")\
-        .read_bytes()
+    example = SHARED / "corpora" / "fhir-r4" / "Patient" / "patient-example-chinese.json"
+    body = example.read_bytes()
     [a08] = run(mappings["patient_to_adt_a08"], body, "fhir+json")
     msg = parse(a08.body)
     assert msg.get("PID", 3, 1) == "3112219680806371X"
