@@ -119,7 +119,8 @@ class MllpSource:
         frames = FrameReader(reader, self.config.max_frame_bytes)
         while not self._stopping:
             try:
-                frame = await asyncio.wait_for(frames.next(), self.config.idle_timeout)
+                async with asyncio.timeout(self.config.idle_timeout):
+                    frame = await frames.next()
             except TimeoutError:
                 return
             if frame is None:
@@ -274,7 +275,8 @@ class FrameReader:
 
 AckAction = Literal["ack", "retry", "dead_letter"]
 DEFAULT_ACK_CODES: dict[str, AckAction] = {
-    "AA": "ack", "CA": "ack", "AE": "retry", "CE": "retry", "AR": "dead_letter", "CR": "dead_letter",
+    "AA": "ack", "CA": "ack", "AE": "retry", "CE": "retry",
+    "AR": "dead_letter", "CR": "dead_letter",
 }
 
 
@@ -356,7 +358,8 @@ class MllpDestination:
         try:
             conn.writer.write(START + envelope.body + END)
             await conn.writer.drain()
-            frame = await asyncio.wait_for(conn.frames.next(), self.config.ack_timeout)
+            async with asyncio.timeout(self.config.ack_timeout):
+                frame = await conn.frames.next()
         except TimeoutError:
             raise TransientError(f"no ACK within {self.config.ack_timeout:g}s") from None
         except (ConnectionError, OSError) as exc:

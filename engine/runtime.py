@@ -20,7 +20,7 @@ from engine.contracts import Mapper, Source
 from engine.database import Database
 from engine.errors import ConfigError
 from engine.filters import Filter
-from engine.ingest import ChannelIngest, channel_queue
+from engine.ingest import ChannelIngest, Fanout, channel_queue
 from engine.message import Message
 from engine.metrics import Gauge, Metrics
 from engine.outbox import Outbox, outbox_for
@@ -141,9 +141,11 @@ class Engine:
         await self.backend.declare(channel_queue(ch.name))
         for d in dests:
             await self.backend.declare(d.queue, ordered=d.ordered)
+        direct = ch.mapping is None and ch.filter is None
         ingest = ChannelIngest(
             ch.name, dedup=ch.dedup, db=self.db, store=self.store, backend=self.backend,
             metrics=self.metrics,
+            fanout=[Fanout(d.queue, d.name, d.filter) for d in dests] if direct else None,
         )
         worker = ChannelWorker(
             ch.name, db=self.db, backend=self.backend, metrics=self.metrics,

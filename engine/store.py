@@ -107,11 +107,14 @@ class MessageStore:
         *,
         message_type: str | None = None,
         control_id: str | None = None,
+        status: str = RECEIVED,
+        detail: str | None = None,
     ) -> str | None:
         """Store a received message; return the id of an earlier one with the same dedup key.
 
         Returns None when the message is new. A duplicate is not stored again: the caller
-        acknowledges it and does nothing more.
+        acknowledges it and does nothing more. ``status`` is the message's status after this
+        transaction (``queued`` when ingest fans out directly to destinations).
         """
         if message.dedup_key is not None:
             row = conn.execute(
@@ -127,13 +130,13 @@ class MessageStore:
             (
                 message.id, message.channel, message.content_type, message.dedup_key,
                 message.correlation_id, message_type, control_id, message.received_at,
-                RECEIVED, orjson.dumps(dict(message.headers)) if message.headers else None,
+                status, orjson.dumps(dict(message.headers)) if message.headers else None,
                 message.body,
             ),
         )
         conn.execute(
-            "INSERT INTO events (message_id, at, status) VALUES (?, ?, ?)",
-            (message.id, message.received_at, RECEIVED),
+            "INSERT INTO events (message_id, at, status, detail) VALUES (?, ?, ?, ?)",
+            (message.id, message.received_at, RECEIVED, detail),
         )
         return None
 

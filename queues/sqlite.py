@@ -408,7 +408,8 @@ class SqliteConsumer:
             if next_due is not None:
                 timeout = min(timeout, max(0.0, next_due - time.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def _fetch(
         self, conn: sqlite3.Connection, credits: int, now: float, inflight: frozenset[int],

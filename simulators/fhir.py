@@ -45,6 +45,7 @@ class FhirServer:
         self.delay = 0.0
         self._fault_until = 0.0
         self._ids = itertools.count(1)
+        self._by_identifier: dict[tuple[str, str, str], str] = {}
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._reopen: asyncio.Task[None] | None = None
@@ -163,6 +164,9 @@ class FhirServer:
                 found = [r for r in found if any(
                     i.get("value") == value and (not system or i.get("system") == system)
                     for i in r.get("identifier", []) if isinstance(i, dict))]
+            for name, value in request.query.items():
+                if name not in ("identifier", "_count"):
+                    found = [r for r in found if _matches_param(r, name, value)]
             bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(found),
                       "entry": [{"resource": r} for r in found]}
             return web.Response(body=orjson.dumps(bundle), content_type=_FHIR_JSON)
@@ -196,46 +200,94 @@ class FhirServer:
         stored = dict(doc, id=rid, meta={"versionId": str(version),
                                          "lastUpdated": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
         self.resources[rtype][rid] = stored
+        for ident in stored.get("identifier") or []:
+            if isinstance(ident, dict) and ident.get("value"):
+                self._by_identifier[(rtype, ident.get("system", ""), ident["value"])] = rid
         return (200 if existing else 201), stored
+
+    def _match(self, rtype: str, query: str) -> str | None:
+        """The id a conditional update targets (only ``identifier=system|value`` searches)."""
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        ident = params.get("identifier")
+        if ident is None:
+            raise _Invalid(f"unsupported conditional search {query!r}", 412)
+        system, _, value = ident.rpartition("|")
+        return self._by_identifier.get((rtype, system, value))
 
     def _bundle(self, doc: dict[str, Any], mid: str) -> web.Response:
         entries = doc.get("entry") or []
-        results: list[dict[str, Any]] = []
         transaction = doc.get("type") == "transaction"
-        staged: list[tuple[str, str | None, dict[str, Any]]] = []
+        # First resolve every entry's target id, so urn:uuid references can be rewritten.
+        staged: list[tuple[str, str | None, dict[str, Any]] | _Invalid] = []
+        full_urls: dict[str, str] = {}
         for n, entry in enumerate(entries):
-            res = entry.get("resource") if isinstance(entry, dict) else None
-            req = entry.get("request") if isinstance(entry, dict) else None
-            if not isinstance(res, dict) or not isinstance(req, dict):
-                if transaction:
+            try:
+                res = entry.get("resource") if isinstance(entry, dict) else None
+                req = entry.get("request") if isinstance(entry, dict) else None
+                if not isinstance(res, dict) or not isinstance(req, dict):
                     raise _Invalid(f"entry {n} needs resource and request")
-                results.append({"response": {"status": "400 Bad Request"}})
-                continue
-            url = str(req.get("url", ""))
-            rtype, _, rid = url.partition("/")
-            staged.append((rtype or res.get("resourceType", ""), rid or None, res))
-        if transaction:
-            for n, (rtype, _, res) in enumerate(staged):
+                url = str(req.get("url", ""))
+                rtype, sep, rest = url.partition("?")
+                target: str | None = None
+                if sep:
+                    target = self._match(rtype, rest) or str(next(self._ids))
+                else:
+                    rtype, _, target_part = url.partition("/")
+                    target = target_part or (str(next(self._ids))
+                                              if req.get("method") == "POST" else None)
                 if res.get("resourceType") != rtype:
                     raise _Invalid(f"entry {n}: resourceType does not match request.url")
                 _check_resource(res)
-        for rtype, target_id, res in staged:
-            try:
-                status, stored = self._store(rtype, target_id, res)
-                results.append({"response": {
-                    "status": f"{status} {'Created' if status == 201 else 'OK'}",
-                    "location": f"{rtype}/{stored['id']}/_history/{stored['meta']['versionId']}"}})
+                if isinstance(entry.get("fullUrl"), str) and target:
+                    full_urls[entry["fullUrl"]] = f"{rtype}/{target}"
+                staged.append((rtype, target, res))
             except _Invalid as exc:
-                results.append({"response": {"status": f"{exc.status} Bad Request",
-                                             "outcome": {"resourceType": "OperationOutcome",
-                                                         "issue": [{"severity": "error",
-                                                                    "code": "invalid",
-                                                                    "diagnostics": str(exc)}]}}})
+                if transaction:
+                    raise
+                staged.append(exc)
+        results: list[dict[str, Any]] = []
+        for item in staged:
+            if isinstance(item, _Invalid):
+                results.append({"response": {
+                    "status": f"{item.status} Bad Request",
+                    "outcome": {"resourceType": "OperationOutcome", "issue": [
+                        {"severity": "error", "code": "invalid", "diagnostics": str(item)}]}}})
+                continue
+            rtype, target, res = item
+            status, stored = self._store(rtype, target, _resolve_refs(res, full_urls))
+            results.append({"response": {
+                "status": f"{status} {'Created' if status == 201 else 'OK'}",
+                "location": f"{rtype}/{stored['id']}/_history/{stored['meta']['versionId']}"}})
         if mid:
             self.message_ids.append(mid)
             self.arrivals.append((mid, time.time()))
         reply = {"resourceType": "Bundle", "type": f"{doc.get('type')}-response", "entry": results}
         return web.Response(body=orjson.dumps(reply), content_type=_FHIR_JSON)
+
+
+def _matches_param(resource: dict[str, Any], name: str, value: str) -> bool:
+    """Reference search parameters such as ``subject=Patient/1`` or ``patient=1``."""
+    field = "subject" if name in ("patient", "subject") else name
+    ref = resource.get(field)
+    if isinstance(ref, dict):
+        target = str(ref.get("reference", ""))
+        return target == value or target.endswith(f"/{value}")
+    return str(ref) == value
+
+
+def _resolve_refs(node: Any, full_urls: dict[str, str]) -> Any:
+    """Replace ``urn:uuid:`` references to bundle entries by the entries' ``Type/id``."""
+    if not full_urls:
+        return node
+    if isinstance(node, dict):
+        out = {k: _resolve_refs(v, full_urls) for k, v in node.items()}
+        ref = out.get("reference")
+        if isinstance(ref, str) and ref in full_urls:
+            out["reference"] = full_urls[ref]
+        return out
+    if isinstance(node, list):
+        return [_resolve_refs(v, full_urls) for v in node]
+    return node
 
 
 class _Invalid(Exception):

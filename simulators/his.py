@@ -117,7 +117,8 @@ class HisSender:
                         t0 = time.perf_counter()
                         conn[0].write(START + raw + END)
                         await conn[0].drain()
-                        frame = await asyncio.wait_for(frames.next(), self.ack_timeout)
+                        async with asyncio.timeout(self.ack_timeout):
+                            frame = await frames.next()
                         if frame is None:
                             raise ConnectionError("closed before ACK")
                         latency = time.perf_counter() - t0
