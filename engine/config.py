@@ -26,12 +26,13 @@ from adapters.nhsa import NhsaDestinationConfig
 from adapters.payments.source import PaymentNotifyConfig
 from adapters.soap import SoapDestinationConfig
 from engine.errors import ConfigError
+from engine.internal import InternalSourceConfig
 from engine.retry import RetryPolicy
 from engine.settings import FilterConfig, FilterRule, HostPort, Model, Secret
 from queues.rabbitmq.config import RabbitQueueConfig
 
 SourceConfig = Annotated[
-    MllpSourceConfig | HttpSourceConfig | PaymentNotifyConfig,
+    MllpSourceConfig | HttpSourceConfig | PaymentNotifyConfig | InternalSourceConfig,
     Field(discriminator="type"),
 ]
 DestinationConfig = Annotated[
@@ -119,13 +120,19 @@ class Config(Model):
             raise ValueError(f"channel names must be unique: {', '.join(dupes)}")
         listens = [
             c.source.listen for c in self.channels
-            if c.enabled and getattr(c.source, "listen", None)
+            if c.enabled and isinstance(c.source, MllpSourceConfig)
             and not c.source.listen.endswith(":0")
-            and c.source.type == "mllp"
         ]
         dupes = sorted({x for x in listens if listens.count(x) > 1})
         if dupes:
             raise ValueError(f"two MLLP sources listen on {', '.join(dupes)}")
+        for ch in self.channels:
+            for dest in ch.destinations:
+                if dest.response_to is not None and dest.response_to not in names:
+                    raise ValueError(
+                        f"channel {ch.name} destination {dest.name}: response_to names no "
+                        f"channel ({dest.response_to})"
+                    )
         return self
 
     @property

@@ -16,6 +16,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from adapters.mllp import MllpSourceConfig
 from engine.config import Config
 from engine.runtime import Engine
 from simulators.fhir import FhirServer
@@ -129,8 +130,9 @@ def summary(engine: Engine, sims: dict[str, Any]) -> str:
 async def run_demo(
     config: Config, *, count: int | None, duration: float | None, rate: float, faults: bool,
 ) -> int:
-    source = next((c for c in config.channels if c.enabled and c.source.type == "mllp"), None)
-    if source is None:
+    source = next((c for c in config.channels
+                   if c.enabled and isinstance(c.source, MllpSourceConfig)), None)
+    if source is None or not isinstance(source.source, MllpSourceConfig):
         print("the config has no MLLP source to send HIS traffic to", file=sys.stderr)
         return 2
     sims = await start_simulators(config)

@@ -74,6 +74,17 @@ class Fanout:
     filter: Filter | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A message ready to be stored: dedup key set, envelope built, targets chosen."""
+
+    message: Message
+    envelope: Envelope
+    message_type: str | None
+    control: str | None
+    targets: list[tuple[str, str]] | None  # (queue, destination) when fanning out directly
+
+
 class ChannelIngest:
     """The ingest callable handed to one channel's source."""
 
@@ -102,70 +113,77 @@ class ChannelIngest:
 
     async def __call__(self, message: Message, *, hl7: Hl7Message | None = None) -> IngestResult:
         started = time.perf_counter()
-        key = self.dedup_key(message, hl7)
-        if key is not None:
-            message = dataclasses.replace(message, dedup_key=key)
-        mtype = hl7.message_type.replace(hl7.component_sep, "^") if hl7 else None
-        control = hl7.control_id if hl7 else None
-        envelope = Envelope(message.id, message.body, message.headers, message.content_type)
+        prepared = self.prepare(message, hl7)
         try:
-            duplicate_of = await self._store_and_enqueue(message, envelope, mtype, control, hl7)
+            duplicate_of = await self._store_and_enqueue(prepared)
         except (QueueFull, QueueUnavailable, StoreUnavailable) as exc:
             self.metrics.refused.inc(channel=self.channel)
-            log.warning("channel %s refused message %s: %s", self.channel, control or message.id,
-                        exc)
+            log.warning("channel %s refused message %s: %s", self.channel,
+                        prepared.control or message.id, exc)
             raise TransientError(f"cannot accept the message now: {exc}", retry_after=5) from None
         self.metrics.ingest_latency.observe(time.perf_counter() - started, channel=self.channel)
+        return self.counted(prepared, duplicate_of)
+
+    def prepare(self, message: Message, hl7: Hl7Message | None = None) -> Prepared:
+        """Everything ingest decides before the transaction (runs on the event loop)."""
+        key = self.dedup_key(message, hl7) if message.dedup_key is None else message.dedup_key
+        if key is not None and key != message.dedup_key:
+            message = dataclasses.replace(message, dedup_key=key)
+        targets: list[tuple[str, str]] | None = None
+        if self.fanout is not None:
+            subject = Subject(message.body, message.content_type, hl7)
+            targets = [(f.queue, f.name) for f in self.fanout
+                       if f.filter is None or f.filter.matches(subject)]
+        return Prepared(
+            message=message,
+            envelope=Envelope(message.id, message.body, message.headers, message.content_type),
+            message_type=hl7.message_type.replace(hl7.component_sep, "^") if hl7 else None,
+            control=hl7.control_id if hl7 else None,
+            targets=targets,
+        )
+
+    def stage(self, prepared: Prepared, s: Staging) -> str | None:
+        """Store and enqueue inside an embedded-queue transaction (runs in the writer).
+
+        Returns the id of an earlier message with the same dedup key, or None when new.
+        """
+        message = prepared.message
+        if prepared.targets is None:
+            dup = MessageStore.insert(s.conn, message, message_type=prepared.message_type,
+                                      control_id=prepared.control)
+            if dup is None:
+                s.publish(self.queue, [prepared.envelope])
+            return dup
+        names = ", ".join(name for _, name in prepared.targets)
+        dup = MessageStore.insert(
+            s.conn, message, message_type=prepared.message_type, control_id=prepared.control,
+            status=QUEUED if prepared.targets else FILTERED,
+            detail=f"queued for {names}" if prepared.targets else "no destination matched",
+        )
+        if dup is None:
+            for queue, _ in prepared.targets:
+                s.publish(queue, [prepared.envelope])
+        return dup
+
+    def counted(self, prepared: Prepared, duplicate_of: str | None) -> IngestResult:
+        """Count the outcome of a committed ingest and say what happened."""
         if duplicate_of is not None:
             self.metrics.duplicates.inc(channel=self.channel)
-            log.debug("channel %s: duplicate %s of %s", self.channel, control, duplicate_of)
+            log.debug("channel %s: duplicate %s of %s", self.channel, prepared.control,
+                      duplicate_of)
             return IngestResult(duplicate_of, duplicate=True)
         self.metrics.received.inc(channel=self.channel)
-        return IngestResult(message.id, duplicate=False)
+        return IngestResult(prepared.message.id, duplicate=False)
 
-    async def _store_and_enqueue(
-        self, message: Message, envelope: Envelope, mtype: str | None, control: str | None,
-        hl7: Hl7Message | None,
-    ) -> str | None:
+    async def _store_and_enqueue(self, prepared: Prepared) -> str | None:
         backend = self.backend
         if isinstance(backend, SqliteQueue):
             backend.check_capacity(1)
-
-            if self.fanout is not None:
-                subject = Subject(message.body, message.content_type, hl7)
-                targets = [f for f in self.fanout if f.filter is None or f.filter.matches(subject)]
-                return await backend.transaction(
-                    functools.partial(self._fan_out, message, envelope, mtype, control, targets)
-                )
-
-            def op(s: Staging) -> str | None:
-                dup = MessageStore.insert(s.conn, message, message_type=mtype, control_id=control)
-                if dup is None:
-                    s.publish(self.queue, [envelope])
-                return dup
-
-            return await backend.transaction(op)
+            return await backend.transaction(functools.partial(self.stage, prepared))
         # Other backends: the outbox keeps "stored" and "enqueued" together (engine.outbox).
         from engine.outbox import store_and_publish
 
         return await store_and_publish(
-            self.db, backend, message, self.queue, envelope, message_type=mtype,
-            control_id=control,
+            self.db, backend, prepared.message, self.queue, prepared.envelope,
+            message_type=prepared.message_type, control_id=prepared.control,
         )
-
-    @staticmethod
-    def _fan_out(
-        message: Message, envelope: Envelope, mtype: str | None, control: str | None,
-        targets: list[Fanout], s: Staging,
-    ) -> str | None:
-        """Store the message and queue it for its destinations (runs in the writer)."""
-        names = ", ".join(f.name for f in targets)
-        dup = MessageStore.insert(
-            s.conn, message, message_type=mtype, control_id=control,
-            status=QUEUED if targets else FILTERED,
-            detail=f"queued for {names}" if targets else "no destination matched",
-        )
-        if dup is None:
-            for target in targets:
-                s.publish(target.queue, [envelope])
-        return dup

@@ -3,17 +3,18 @@
 With the embedded queue, storing a message and enqueueing it are one SQLite transaction.
 With a broker they cannot be, so ingest does this instead:
 
-1. one transaction stores the message and an ``outbox`` row naming its queue;
-2. the message is published and the broker confirms it;
-3. the row is deleted (in the background, grouped with other deletions).
+1. one transaction stores the message and one ``outbox`` row per queue it goes to (the
+   channel's queue, or its destinations' queues when ingest fans out directly);
+2. the message is published to each queue and the broker confirms it;
+3. the rows are deleted (in the background, many per transaction).
 
-The peer is answered after step 2. A process that dies between 1 and 3 leaves the row
-behind, and the next start publishes it again (``Outbox.start``); a row whose publish failed
-while the process lives is retried by a periodic sweep. A message may so be published twice
+The peer is answered after step 2. A process that dies between 1 and 3 leaves rows behind,
+and the next start publishes them again (``Outbox.start``); a row whose publish failed while
+the process lives is retried by a periodic sweep. A message may so be published twice
 (at-least-once), never zero times once the peer has been told "accepted".
 
-A duplicate (same dedup key) of a message whose row is still pending is not simply
-acknowledged: its original is published first, since the peer is about to hear "accepted"
+A duplicate (same dedup key) of a message that still has pending rows is not simply
+acknowledged: those rows are published first, since the peer is about to hear "accepted"
 for a message the queue may never have received.
 """
 
@@ -33,21 +34,28 @@ import orjson
 
 from engine.database import Database, StoreUnavailable, apply_schema
 from engine.message import Message
-from engine.store import MessageStore
+from engine.store import RECEIVED, MessageStore
 from queues.contract import Envelope, QueueBackend, QueueFull, QueueUnavailable
 
 log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
-    message_id TEXT PRIMARY KEY,
+    message_id TEXT NOT NULL,
     queue      TEXT NOT NULL,
     created_at REAL NOT NULL,
     attempts   INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    PRIMARY KEY (message_id, queue)
 );
 CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created_at);
 """
+
+Key = tuple[str, str]  # (message id, queue)
+
+
+class _AllRefused(Exception):
+    """Every queue refused the message: it was published nowhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,28 +66,36 @@ class Pending:
     envelope: Envelope
 
 
-def _pending_row(conn: sqlite3.Connection, message_id: str) -> Pending | None:
-    row = conn.execute(
-        "SELECT o.queue, m.body, m.headers, m.content_type FROM outbox o"
-        " JOIN messages m ON m.id = o.message_id WHERE o.message_id = ?",
-        (message_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    headers = orjson.loads(row[2]) if row[2] else {}
-    return Pending(row[0], Envelope(message_id, row[1], headers, row[3]))
+def _pending(conn: sqlite3.Connection, message_id: str, queue: str | None = None
+             ) -> list[Pending]:
+    sql = ("SELECT o.queue, m.body, m.headers, m.content_type FROM outbox o"
+           " JOIN messages m ON m.id = o.message_id WHERE o.message_id = ?")
+    args: tuple[str, ...] = (message_id,)
+    if queue is not None:
+        sql += " AND o.queue = ?"
+        args = (message_id, queue)
+    out = []
+    for q, body, headers, content_type in conn.execute(sql, args).fetchall():
+        envelope = Envelope(message_id, body, orjson.loads(headers) if headers else {},
+                            content_type)
+        out.append(Pending(q, envelope))
+    return out
 
 
-def _due_rows(older_than: float, after: str, limit: int, conn: sqlite3.Connection
-              ) -> list[str]:
+def _due(older_than: float, after: Key, limit: int, conn: sqlite3.Connection) -> list[Key]:
     rows = conn.execute(
-        "SELECT message_id FROM outbox WHERE created_at <= ? AND message_id > ?"
-        " ORDER BY message_id LIMIT ?", (older_than, after, limit)).fetchall()
-    return [str(r[0]) for r in rows]
+        "SELECT message_id, queue FROM outbox WHERE created_at <= ?"
+        " AND (message_id, queue) > (?, ?) ORDER BY message_id, queue LIMIT ?",
+        (older_than, after[0], after[1], limit),
+    ).fetchall()
+    return [(str(m), str(q)) for m, q in rows]
 
 
-def _pending_rows(ids: list[str], conn: sqlite3.Connection) -> list[tuple[str, Pending | None]]:
-    return [(i, _pending_row(conn, i)) for i in ids]
+def _pending_of(keys: list[Key], conn: sqlite3.Connection) -> list[tuple[Key, Pending]]:
+    out: list[tuple[Key, Pending]] = []
+    for message_id, queue in keys:
+        out.extend(((message_id, queue), p) for p in _pending(conn, message_id, queue))
+    return out
 
 
 class Outbox:
@@ -99,9 +115,9 @@ class Outbox:
         self.sweep_interval = sweep_interval
         self.grace = grace
         self._schema_ready = False
-        self._inflight: dict[str, asyncio.Future[None]] = {}
-        self._confirmed: set[str] = set()  # published, deletion not yet committed
-        self._done: list[str] = []
+        self._inflight: dict[Key, asyncio.Future[None]] = {}
+        self._confirmed: set[Key] = set()  # published, deletion not yet committed
+        self._done: list[Key] = []
         self._flusher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.republished = 0
@@ -132,6 +148,8 @@ class Outbox:
             self._sweeper = None
         if self._inflight:
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         await self._flush()
 
     async def _ensure_schema(self) -> None:
@@ -142,45 +160,77 @@ class Outbox:
     # -- ingest ----------------------------------------------------------------------------
 
     async def store_and_publish(
-        self, message: Message, queue: str, envelope: Envelope, *,
+        self, message: Message, queues: str | Sequence[str], envelope: Envelope, *,
         message_type: str | None = None, control_id: str | None = None,
+        status: str = RECEIVED, detail: str | None = None,
     ) -> str | None:
-        """Store ``message``, publish it to ``queue``, and return once both are durable.
+        """Store ``message``, publish it to ``queues``, and return once both are durable.
+
+        Args:
+            queues: one queue, or several (a direct fan-out to destinations; none when no
+                destination wants the message: it is only stored).
+            status, detail: the stored message's status and its first event's detail.
 
         Returns:
             None for a new message; the id of the earlier message for a duplicate.
 
         Raises:
             QueueUnavailable, QueueFull: the broker cannot take it now; the peer must be
-                told to send again. A refused (not merely unconfirmed) message is removed
-                from the store, so that the resend is not mistaken for a duplicate.
+                told to send again. A message every queue refused (not merely left
+                unconfirmed) is removed from the store, so the resend is not a duplicate.
             StoreUnavailable: the database cannot commit.
         """
+        targets = [queues] if isinstance(queues, str) else list(queues)
         await self._ensure_schema()
         await self.backend.ping()  # refuse before storing while the broker is known away
+        now = time.time()
 
-        def op(conn: sqlite3.Connection) -> tuple[str | None, Pending | None]:
+        def op(conn: sqlite3.Connection) -> tuple[str | None, list[Pending]]:
             dup = MessageStore.insert(conn, message, message_type=message_type,
-                                      control_id=control_id)
+                                      control_id=control_id, status=status, detail=detail)
             if dup is not None:
-                return dup, _pending_row(conn, dup)
-            conn.execute(
+                return dup, _pending(conn, dup)
+            conn.executemany(
                 "INSERT INTO outbox (message_id, queue, created_at) VALUES (?, ?, ?)",
-                (message.id, queue, time.time()),
+                [(message.id, q, now) for q in targets],
             )
-            return None, None
+            return None, []
 
         duplicate_of, pending = await self.db.write(op)
-        if duplicate_of is None:
+        if duplicate_of is not None:
+            await self._publish_all(duplicate_of, pending)
+            return duplicate_of
+        try:
+            await self._publish_all(message.id, [Pending(q, envelope) for q in targets])
+        except _AllRefused as exc:
+            await self._withdraw(message.id)
+            raise QueueFull(str(exc)) from None
+        return None
+
+    async def _publish_all(self, message_id: str, pending: list[Pending]) -> None:
+        """Publish every row of one message.
+
+        Raises:
+            _AllRefused: the broker refused it on every queue (it is in none of them).
+            QueueFull, QueueUnavailable: some publish failed (it may be in some queues).
+        """
+        if len(pending) == 1:
+            results: list[BaseException | None] = [None]
             try:
-                await self._publish(message.id, queue, envelope)
-            except QueueFull:
-                await self._withdraw(message.id)
-                raise
-            return None
-        if pending is not None:
-            await self._publish(duplicate_of, pending.queue, pending.envelope)
-        return duplicate_of
+                await self._publish(message_id, pending[0].queue, pending[0].envelope)
+            except (QueueFull, QueueUnavailable) as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(
+                *(self._publish(message_id, p.queue, p.envelope) for p in pending),
+                return_exceptions=True,
+            )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if not errors:
+            return
+        if len(errors) == len(results) and all(isinstance(e, QueueFull) for e in errors):
+            raise _AllRefused(str(errors[0]))
+        raise errors[0]
 
     async def _withdraw(self, message_id: str) -> None:
         """Undo the store of a message the broker definitely refused (never published)."""
@@ -191,29 +241,30 @@ class Outbox:
 
         try:
             await self.db.write(op)
-        except StoreUnavailable as exc:  # the row stays; the sweep publishes it later
+        except StoreUnavailable as exc:  # the rows stay; the sweep publishes them later
             log.warning("outbox: could not withdraw refused message %s: %s", message_id, exc)
 
     # -- publishing ------------------------------------------------------------------------
 
     async def _publish(self, message_id: str, queue: str, envelope: Envelope) -> None:
-        """Publish one row's message; concurrent calls for one message share one publish."""
-        future = self._inflight.get(message_id)
+        """Publish one row's message; concurrent calls for one row share one publish."""
+        key = (message_id, queue)
+        future = self._inflight.get(key)
         if future is None:
-            future = asyncio.ensure_future(self._publish_once(message_id, queue, envelope))
-            self._inflight[message_id] = future
-            future.add_done_callback(functools.partial(self._published, message_id))
+            future = asyncio.ensure_future(self._publish_once(key, envelope))
+            self._inflight[key] = future
+            future.add_done_callback(functools.partial(self._published, key))
         await asyncio.shield(future)
 
-    def _published(self, message_id: str, future: asyncio.Future[None]) -> None:
-        self._inflight.pop(message_id, None)
+    def _published(self, key: Key, future: asyncio.Future[None]) -> None:
+        self._inflight.pop(key, None)
         if not future.cancelled():
             future.exception()  # retrieved: a caller that went away must not leave it unseen
 
-    async def _publish_once(self, message_id: str, queue: str, envelope: Envelope) -> None:
-        await self.backend.publish(queue, [envelope])
-        self._confirmed.add(message_id)
-        self._done.append(message_id)
+    async def _publish_once(self, key: Key, envelope: Envelope) -> None:
+        await self.backend.publish(key[1], [envelope])
+        self._confirmed.add(key)
+        self._done.append(key)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="outbox flush")
 
@@ -222,9 +273,8 @@ class Outbox:
         while self._done:
             batch, self._done = self._done, []
 
-            def op(conn: sqlite3.Connection, ids: Sequence[str] = batch) -> None:
-                conn.executemany("DELETE FROM outbox WHERE message_id = ?",
-                                 [(i,) for i in ids])
+            def op(conn: sqlite3.Connection, keys: Sequence[Key] = batch) -> None:
+                conn.executemany("DELETE FROM outbox WHERE message_id = ? AND queue = ?", keys)
 
             try:
                 await self.db.write(op)
@@ -246,20 +296,19 @@ class Outbox:
         await self.backend.ping()
         older_than = time.time() - (self.grace if grace is None else grace)
         sent = failed = 0
-        after = ""
+        after: Key = ("", "")
         while True:
-            rows = await self.db.read(functools.partial(_due_rows, older_than, after, limit))
-            if not rows:
+            keys = await self.db.read(functools.partial(_due, older_than, after, limit))
+            if not keys:
                 return sent, failed
-            after = rows[-1]
-            ids = [i for i in rows if i not in self._inflight and i not in self._confirmed]
-            found = await self.db.read(functools.partial(_pending_rows, ids))
-            pending = [(i, p) for i, p in found if p is not None]
+            after = keys[-1]
+            keys = [k for k in keys if k not in self._inflight and k not in self._confirmed]
+            pending = await self.db.read(functools.partial(_pending_of, keys))
             results = await asyncio.gather(
-                *(self._publish(i, p.queue, p.envelope) for i, p in pending),
+                *(self._publish(k[0], p.queue, p.envelope) for k, p in pending),
                 return_exceptions=True,
             )
-            errors = [(i, r) for (i, _), r in zip(pending, results, strict=True)
+            errors = [(k, r) for (k, _), r in zip(pending, results, strict=True)
                       if isinstance(r, BaseException)]
             sent += len(pending) - len(errors)
             failed += len(errors)
@@ -267,11 +316,12 @@ class Outbox:
             if errors:
                 await self._note_failures(errors)
 
-    async def _note_failures(self, errors: list[tuple[str, BaseException]]) -> None:
+    async def _note_failures(self, errors: list[tuple[Key, BaseException]]) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE message_id = ?",
-                [(str(error)[:500], i) for i, error in errors],
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?"
+                " WHERE message_id = ? AND queue = ?",
+                [(str(error)[:500], m, q) for (m, q), error in errors],
             )
 
         with contextlib.suppress(StoreUnavailable):
@@ -311,10 +361,12 @@ def outbox_for(db: Database, backend: QueueBackend) -> Outbox:
 
 
 async def store_and_publish(
-    db: Database, backend: QueueBackend, message: Message, queue: str, envelope: Envelope, *,
-    message_type: str | None = None, control_id: str | None = None,
+    db: Database, backend: QueueBackend, message: Message, queues: str | Sequence[str],
+    envelope: Envelope, *, message_type: str | None = None, control_id: str | None = None,
+    status: str = RECEIVED, detail: str | None = None,
 ) -> str | None:
     """Ingest's entry point for backends outside the database: see ``Outbox``."""
     return await outbox_for(db, backend).store_and_publish(
-        message, queue, envelope, message_type=message_type, control_id=control_id,
+        message, queues, envelope, message_type=message_type, control_id=control_id,
+        status=status, detail=detail,
     )

@@ -14,11 +14,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from engine.contracts import Destination, Mapper, Payload
+from engine.contracts import Destination, Mapper, Payload, Result
 from engine.database import Database
-from engine.errors import MappingError, PermanentError
+from engine.errors import MappingError, PermanentError, RejectedInput
 from engine.filters import Filter, Subject
-from engine.message import id_time
+from engine.hl7 import parse
+from engine.ingest import ChannelIngest, Prepared
+from engine.message import Message, id_time
 from engine.metrics import Metrics
 from engine.outcome import Action, Outcome, decide, describe
 from engine.retry import RetryPolicy
@@ -135,10 +137,14 @@ class Settler:
     async def settle(
         self, delivery: Delivery, outcome: Outcome, store_op: StoreOp,
         forward: Sequence[tuple[str, Envelope]] = (),
+        reply: tuple[ChannelIngest, Prepared] | None = None,
     ) -> None:
+        """Record, settle and (optionally) ingest the peer's answer into another channel."""
         if self.shared is not None:
             def op(s: Staging) -> None:
                 store_op(s.conn)
+                if reply is not None:
+                    reply[0].stage(reply[1], s)
                 if forward:
                     for queue, envelope in forward:
                         s.publish(queue, [envelope])
@@ -150,7 +156,13 @@ class Settler:
                     s.dead_letter(delivery, reason=outcome.reason)
 
             await self.shared.transaction(op)
+            if reply is not None:
+                reply[0].counted(reply[1], None)
             return
+        if reply is not None:
+            # Not one transaction here: the answer is stored first, so a crash before the ack
+            # repeats the delivery (its reply is then a recognised duplicate), never loses it.
+            await reply[0](reply[1].message)
         await self.db.write(store_op)
         if forward:
             await self.backend.forward(delivery, forward)
@@ -174,6 +186,7 @@ class DestinationRuntime:
     concurrency: int
     filter: Filter | None = None
     mapper: Mapper | None = None
+    respond: ChannelIngest | None = None
     health: DestinationHealth = field(default_factory=DestinationHealth)
 
     @property
@@ -311,11 +324,10 @@ class DestinationWorker:
         env = delivery.envelope
         started = time.perf_counter()
         error: BaseException | None = None
-        result_detail = ""
+        result: Result | None = None
         try:
             for out in self._prepare(env):
                 result = await dest.adapter.send(out)
-                result_detail = result.detail
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -329,9 +341,11 @@ class DestinationWorker:
         self.metrics.send_latency.observe(time.perf_counter() - started, **labels)
         attempt = delivery.failures + 1
         mid = env.message_id
+        reply = None
         if outcome.action is Action.ACK:
             dest.health.success()
-            status, detail = SENT, result_detail
+            status, detail = SENT, result.detail if result is not None else ""
+            reply = self._reply(env, result)
         elif outcome.action is Action.RETRY:
             dest.health.failure(outcome.reason)
             status, detail = RETRYING, outcome.reason
@@ -344,7 +358,7 @@ class DestinationWorker:
             MessageStore.record(conn, mid, status, destination=dest.name,  # type: ignore[arg-type]
                                 attempt=attempt, detail=detail[:1000] or None, at=now)
 
-        await self.settler.settle(delivery, outcome, store_op)
+        await self.settler.settle(delivery, outcome, store_op, reply=reply)
         if outcome.action is Action.ACK:
             self.metrics.sent.inc(**labels)
             self.metrics.delivery_latency.observe(max(0.0, now - id_time(mid)), **labels)
@@ -357,6 +371,29 @@ class DestinationWorker:
             self.metrics.dead_lettered.inc(**labels)
             log.warning("%s/%s: message %s dead-lettered after %d attempt(s) (%s)",
                         dest.channel, dest.name, mid, attempt, type(error).__name__)
+
+    def _reply(
+        self, env: Envelope, result: Result | None
+    ) -> tuple[ChannelIngest, Prepared] | None:
+        """The peer's answer as a message for the ``response_to`` channel, if one is set."""
+        target = self.dest.respond
+        if target is None or result is None or not result.response:
+            return None
+        origin = f"{self.dest.channel}/{self.dest.name}"
+        headers = {k: v for k, v in env.headers.items() if k != "Idempotency-Key"}
+        headers.update({"in-reply-to": env.message_id, "from-destination": origin})
+        content_type = result.content_type or "text"
+        message = Message(
+            channel=target.channel, content_type=content_type, body=result.response,
+            headers=headers, correlation_id=env.message_id,
+            # One answer per delivered message, even if the delivery is repeated after a crash.
+            dedup_key=f"reply:{env.message_id}:{origin}",
+        )
+        hl7 = None
+        if content_type == "hl7v2":
+            with contextlib.suppress(RejectedInput):
+                hl7 = parse(result.response)
+        return target, target.prepare(message, hl7)
 
     def _prepare(self, env: Envelope) -> list[Envelope]:
         """Apply the destination's own mapping, if any (a MappingError dead-letters)."""

@@ -102,6 +102,7 @@ class Engine:
             for ch in self.config.channels:
                 if ch.enabled:
                     self.channels[ch.name] = await self._build_channel(ch, mappers)
+            self._wire_responses()
             for rt in self.channels.values():
                 for dw in rt.dest_workers:
                     dw.start()
@@ -159,6 +160,20 @@ class Engine:
         ]
         source = ch.source.build(ch.name)
         return ChannelRuntime(ch, source, ingest, worker, dests, dest_workers)
+
+    def _wire_responses(self) -> None:
+        """Point each ``response_to`` destination at its target channel's ingest."""
+        for rt in self.channels.values():
+            for dest, dcfg in zip(rt.destinations, rt.config.destinations, strict=True):
+                if dcfg.response_to is None:
+                    continue
+                target = self.channels.get(dcfg.response_to)
+                if target is None:
+                    raise ConfigError(
+                        f"channel {rt.config.name} destination {dest.name}: response_to "
+                        f"channel {dcfg.response_to} is not enabled"
+                    )
+                dest.respond = target.ingest
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, finish in-flight work (up to ``grace`` s), then close everything."""

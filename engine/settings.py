@@ -161,6 +161,8 @@ class DestinationSettings(Model):
         concurrency: deliveries in flight at once (ignored when ordered).
         retry: changes to the default retry policy.
         filter: only messages matching it go to this destination.
+        response_to: a channel that receives the peer's answer as a new message (a settlement
+            result becomes a message for the HIS, a pre-settlement answer the settle request).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -169,3 +171,4 @@ class DestinationSettings(Model):
     concurrency: int = Field(default=8, ge=1, le=1000)
     retry: RetryOverrides = RetryOverrides()
     filter: FilterConfig | None = None
+    response_to: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
