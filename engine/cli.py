@@ -104,11 +104,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _simulators() -> dict[str, str]:
-    """Simulator name → module exposing ``add_arguments(parser)`` and ``main(args)``."""
+    """Simulator name → module with ``main``.
+
+    A module either exposes ``add_arguments(parser)`` and ``main(args)``, or parses its own
+    arguments in ``main(argv)``.
+    """
     return {
         "his": "simulators.his",
         "fhir": "simulators.fhir",
+        "insurance": "simulators.insurance",
+        "einvoice": "simulators.einvoice",
+        "wechatpay": "simulators.payments.wechatpay",
+        "alipay": "simulators.payments.alipay",
+        "unionpay": "simulators.payments.unionpay",
+        "mobilepay": "simulators.payments.mobilepay",
     }
+
+
+def _run_own_parser(main: object) -> object:
+    def run(args: argparse.Namespace) -> int:
+        return int(main(args.args) or 0)  # type: ignore[operator]
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,9 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module_name in _simulators().items():
         module = importlib.import_module(module_name)
-        sp = sims.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
-        module.add_arguments(sp)
-        sp.set_defaults(func=module.main)
+        summary = (module.__doc__ or "").strip().splitlines()[0]
+        own_parser = not hasattr(module, "add_arguments")
+        # A simulator with its own parser answers --help itself.
+        sp = sims.add_parser(name, help=summary, add_help=not own_parser)
+        if not own_parser:
+            module.add_arguments(sp)
+            sp.set_defaults(func=module.main)
+        else:
+            sp.add_argument("args", nargs=argparse.REMAINDER, help="the simulator's options")
+            sp.set_defaults(func=_run_own_parser(module.main), accepts_extra=True)
     with contextlib.suppress(ImportError):
         from engine.mapping.commands import add_commands
 
@@ -147,7 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not getattr(args, "accepts_extra", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.args = [*extra, *args.args]
     result = args.func(args)
     return int(result or 0)
 

@@ -159,6 +159,11 @@ class Engine:
             for d in dests
         ]
         source = ch.source.build(ch.name)
+        use_database = getattr(source, "use_database", None)
+        if use_database is not None:
+            # Sources that keep their own tables (payment callbacks) share the engine's
+            # database and its single writer instead of opening the file a second time.
+            use_database(self.db)
         return ChannelRuntime(ch, source, ingest, worker, dests, dest_workers)
 
     def _wire_responses(self) -> None:
