@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from engine.errors import RejectedInput
@@ -60,6 +59,7 @@ class Hl7Message:
     escape_char: str
     subcomponent_sep: str
     _split: dict[int, list[str]] = field(default_factory=dict, repr=False)
+    _index: dict[str, list[int]] | None = field(default=None, repr=False)
 
     # -- access ------------------------------------------------------------------------------
 
@@ -76,21 +76,24 @@ class Hl7Message:
             self._split[index] = cached
         return cached
 
-    def segment_indexes(self, name: str) -> Iterator[int]:
-        prefix = name + self.field_sep
-        for i, seg in enumerate(self.segments):
-            if seg.startswith(prefix) or seg == name:
-                yield i
+    def segment_indexes(self, name: str) -> list[int]:
+        """Positions of the segments called ``name``, in order (indexed once per message)."""
+        index = self._index
+        if index is None:
+            index = {}
+            for i, seg in enumerate(self.segments):
+                index.setdefault(seg[:3], []).append(i)
+            self._index = index
+        return index.get(name, [])
 
     def get(
         self, segment: str, field_no: int, component: int = 1, *, repetition: int = 1,
         subcomponent: int | None = None, occurrence: int = 1,
     ) -> str:
         """A value by position (1-based everywhere), raw (escape sequences kept); '' if absent."""
-        for n, idx in enumerate(self.segment_indexes(segment), start=1):
-            if n != occurrence:
-                continue
-            parts = self.fields(idx)
+        found = [0] if segment == "MSH" and occurrence == 1 else self.segment_indexes(segment)
+        if len(found) >= occurrence:
+            parts = self.fields(found[occurrence - 1])
             if field_no >= len(parts):
                 return ""
             value = parts[field_no]
@@ -316,8 +319,16 @@ def unescape(value: str, seps: Hl7Message | None = None) -> str:
 # -- acknowledgements -------------------------------------------------------------------------
 
 
+_last_stamp: tuple[int, str] = (0, "")
+
+
 def timestamp(at: float | None = None) -> str:
-    return time.strftime("%Y%m%d%H%M%S", time.localtime(at if at is not None else time.time()))
+    """``YYYYMMDDHHMMSS`` local time; the current second is formatted once, not per ACK."""
+    global _last_stamp
+    second = int(at if at is not None else time.time())
+    if second != _last_stamp[0]:
+        _last_stamp = (second, time.strftime("%Y%m%d%H%M%S", time.localtime(second)))
+    return _last_stamp[1]
 
 
 def build_ack(
