@@ -107,9 +107,10 @@ class ChannelIngest:
         self.backend = backend
         self.metrics = metrics
         # A channel with neither filter nor mapping has nothing for its channel worker to do:
-        # with the embedded queue, ingest then queues for the destinations directly (in the
-        # same transaction), which saves a stage, a commit and a queue row per message.
-        self.fanout = fanout if isinstance(backend, SqliteQueue) else None
+        # ingest then queues for the destinations directly (with the embedded queue in the
+        # same transaction, with a broker through the outbox), which saves a stage, a commit
+        # and a queue round trip per message.
+        self.fanout = fanout
 
     async def __call__(self, message: Message, *, hl7: Hl7Message | None = None) -> IngestResult:
         started = time.perf_counter()
@@ -183,7 +184,15 @@ class ChannelIngest:
         # Other backends: the outbox keeps "stored" and "enqueued" together (engine.outbox).
         from engine.outbox import store_and_publish
 
+        if prepared.targets is None:
+            return await store_and_publish(
+                self.db, backend, prepared.message, self.queue, prepared.envelope,
+                message_type=prepared.message_type, control_id=prepared.control,
+            )
+        names = ", ".join(name for _, name in prepared.targets)
         return await store_and_publish(
-            self.db, backend, prepared.message, self.queue, prepared.envelope,
-            message_type=prepared.message_type, control_id=prepared.control,
+            self.db, backend, prepared.message, [q for q, _ in prepared.targets],
+            prepared.envelope, message_type=prepared.message_type, control_id=prepared.control,
+            status=QUEUED if prepared.targets else FILTERED,
+            detail=f"queued for {names}" if prepared.targets else "no destination matched",
         )

@@ -25,7 +25,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.exceptions import (
     AMQPError,
     ChannelInvalidStateError,
@@ -44,6 +44,7 @@ from queues.rabbitmq.codec import (
     DEAD_REASON,
     REASON_LIMIT,
     History,
+    Outgoing,
     encode,
     to_ms,
 )
@@ -54,7 +55,7 @@ from queues.rabbitmq.topology import QueueTopology
 log = logging.getLogger(__name__)
 
 # (exchange, routing key, message): one publish.
-Publish = tuple[str, str, aio_pika.Message]
+Publish = tuple[str, str, Outgoing]
 
 _BROKER_ERRORS = (AMQPError, ConnectionError, OSError, ChannelInvalidStateError)
 
@@ -69,7 +70,6 @@ class RabbitQueue:
         self._topologies: dict[str, QueueTopology] = {}
         self._consumers: dict[str, RabbitConsumer] = {}
         self._depths: dict[str, int] = {}
-        self._exchanges: dict[str, AbstractExchange] = {}
         self._window = asyncio.Semaphore(config.confirm_window)
         self._publisher: AbstractRobustConnection | None = None
         self._subscriber: AbstractRobustConnection | None = None
@@ -247,18 +247,16 @@ class RabbitQueue:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _send_one(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+    async def _send_one(self, exchange: str, routing_key: str, message: Outgoing) -> None:
         assert self._pub is not None
         try:
             async with self._window, asyncio.timeout(self.config.publish_timeout):
-                target = self._exchanges.get(exchange)
-                if target is None:
-                    target = (
-                        self._pub.default_exchange if not exchange
-                        else await self._pub.get_exchange(exchange, ensure=False)
-                    )
-                    self._exchanges[exchange] = target
-                await target.publish(message, routing_key=routing_key, mandatory=True)
+                # aiormq directly: the hot path skips aio-pika's message objects.
+                channel = await self._pub.get_underlay_channel()
+                await channel.basic_publish(
+                    message.body, exchange=exchange, routing_key=routing_key,
+                    properties=message.properties, mandatory=True,
+                )
         except PublishError:
             raise QueueUnavailable(
                 f"RabbitMQ could not route a message to {routing_key!r} (queue missing?)"

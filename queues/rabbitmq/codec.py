@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aio_pika
-from aio_pika.abc import AbstractMessage, DeliveryMode
+from aio_pika.abc import AbstractMessage
+from pamqp.commands import Basic
 
 from queues.contract import DeadLetter, Envelope
 
@@ -32,6 +32,15 @@ DEAD_AT = "x-hb-dead-at-ms"
 DEAD_ID = "x-hb-dead-id"
 
 REASON_LIMIT = 1000
+PERSISTENT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message ready for ``basic.publish``: the body and its AMQP properties."""
+
+    body: bytes
+    properties: Basic.Properties
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,32 +74,40 @@ def encode(
     *,
     priority: int | None = None,
     extra: Mapping[str, Any] | None = None,
-) -> aio_pika.Message:
+) -> Outgoing:
     """A persistent AMQP message carrying ``envelope`` and its attempt history."""
     headers: dict[str, Any] = {ENVELOPE_HEADERS: dict(envelope.headers)}
     if history is not None:
         headers.update(history.headers())
     if extra:
         headers.update(extra)
-    return aio_pika.Message(
-        envelope.body,
-        headers=headers,
-        message_id=envelope.message_id,
+    return Outgoing(envelope.body, Basic.Properties(
         content_type=envelope.content_type,
-        delivery_mode=DeliveryMode.PERSISTENT,
+        headers=headers,
+        delivery_mode=PERSISTENT,
         priority=priority,
-    )
+        message_id=envelope.message_id,
+    ))
 
 
 def decode(message: AbstractMessage) -> tuple[Envelope, History]:
-    headers = message.headers or {}
+    """An aio-pika message (from ``basic.get``) as envelope and history."""
+    return decode_parts(message.body, message.headers, message.message_id,
+                        message.content_type)
+
+
+def decode_parts(
+    body: bytes, headers: Mapping[str, Any] | None, message_id: str | None,
+    content_type: str | None,
+) -> tuple[Envelope, History]:
+    headers = headers or {}
     raw = headers.get(ENVELOPE_HEADERS)
     env_headers = {str(k): _text(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
     envelope = Envelope(
-        message_id=message.message_id or "",
-        body=message.body,
+        message_id=message_id or "",
+        body=body,
         headers=env_headers,
-        content_type=message.content_type or "text",
+        content_type=content_type or "text",
     )
     first = headers.get(FIRST_FAILED_AT)
     history = History(

@@ -10,6 +10,11 @@ that, three things may happen to a message here rather than in a worker:
   travels in a header, and past ``delivery_limit`` the message is dead-lettered;
 - it was buffered here when the connection dropped: the broker has already put it back, so
   ``get`` skips it.
+
+The hot path talks to aiormq directly (aio-pika's message objects cost more than the rest of
+a delivery), so this consumer re-subscribes itself when aio-pika reopens its channel after a
+reconnection. Acks settled in the same turn of the event loop go out together, as one
+``multiple`` ack when they are contiguous.
 """
 
 from __future__ import annotations
@@ -18,14 +23,17 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+import aiormq
+from aio_pika.abc import AbstractRobustChannel
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+from pamqp.commands import Basic
 
 from queues.contract import Delivery, QueueUnavailable
-from queues.rabbitmq.codec import History, decode, encode
+from queues.rabbitmq.codec import History, decode_parts, encode
 from queues.rabbitmq.topology import QueueTopology
 
 if TYPE_CHECKING:
@@ -39,20 +47,19 @@ _GONE = (AMQPError, ConnectionError, OSError, ChannelInvalidStateError)
 class Inbound:
     """A delivery's link back to its AMQP message (``Delivery.backend_state``)."""
 
-    __slots__ = ("consumer", "message", "settled")
+    __slots__ = ("channel", "consumer", "message_id", "settled", "tag")
 
-    def __init__(self, consumer: RabbitConsumer, message: AbstractIncomingMessage) -> None:
+    def __init__(self, consumer: RabbitConsumer, channel: aiormq.abc.AbstractChannel,
+                 tag: int, message_id: str) -> None:
         self.consumer = consumer
-        self.message = message
+        self.channel = channel
+        self.tag = tag
+        self.message_id = message_id
         self.settled = False
 
     def stale(self) -> bool:
         """The channel it came on has closed: the broker has already requeued it."""
-        try:
-            self.message.channel  # noqa: B018 - the property raises when the channel closed
-        except ChannelInvalidStateError:
-            return True
-        return False
+        return self.channel.is_closed
 
     def drop(self) -> None:
         if not self.settled:
@@ -63,11 +70,8 @@ class Inbound:
         if self.settled:
             return
         self.drop()
-        try:
-            await self.message.ack()
-        except _GONE as exc:
-            # The broker requeued it with the channel; it will be delivered again.
-            log.debug("ack of %s lost with its channel (%s)", self.message.message_id, exc)
+        if not self.stale():
+            self.consumer.queue_ack(self)
 
 
 class RabbitConsumer:
@@ -81,10 +85,12 @@ class RabbitConsumer:
         self.inbound: set[Inbound] = set()
         self._out: asyncio.Queue[Delivery] = asyncio.Queue()
         self._held: dict[Inbound, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._acks: list[Inbound] = []
         self._channel: AbstractRobustChannel | None = None
-        self._amqp_queue: AbstractQueue | None = None
-        self._tag: str | None = None
+        self._raw: aiormq.abc.AbstractChannel | None = None
+        self._tag = f"hisbridge-{uuid.uuid4().hex[:12]}"
+        self._started = False
         self._start_lock = asyncio.Lock()
         self._closed = False
 
@@ -93,7 +99,7 @@ class RabbitConsumer:
         return len(self.inbound)
 
     async def get(self) -> Delivery:
-        if self._tag is None:
+        if not self._started:
             await self._start()
         while True:
             delivery = await self._out.get()
@@ -108,55 +114,124 @@ class RabbitConsumer:
 
     async def _start(self) -> None:
         async with self._start_lock:
-            if self._tag is not None:
+            if self._started:
                 return
             if self._closed:
                 raise RuntimeError("consumer closed")
-            topo = self.topology
             try:
                 async with asyncio.timeout(self.backend.config.publish_timeout):
                     channel = await self.backend.subscriber.channel(publisher_confirms=False)
                     self._channel = channel
                     await channel.set_qos(prefetch_count=self.prefetch)
-                    # Declared (not just looked up) so the robust channel restores the queue
-                    # and this consumer after a reconnection.
-                    self._amqp_queue = await channel.declare_queue(
-                        topo.work, durable=True, arguments=topo.work_arguments()
-                    )
-                    self._tag = await self._amqp_queue.consume(self._on_message)
+                    await self._subscribe()
             except (*_GONE, TimeoutError) as exc:
                 raise QueueUnavailable(f"cannot consume {self.queue}: {exc}") from None
+            channel.reopen_callbacks.add(self._on_reopen)
+            self._started = True
+
+    async def _subscribe(self) -> None:
+        assert self._channel is not None
+        raw = await self._channel.get_underlay_channel()
+        topo = self.topology
+        # Declared, not just named: after a broker restart that lost it, it comes back.
+        await raw.queue_declare(topo.work, durable=True, arguments=topo.work_arguments())
+        await raw.basic_consume(topo.work, self._on_message, consumer_tag=self._tag)
+        raw.on_consumer_cancel_callbacks.add(self._on_cancelled)
+        self._raw = raw
+
+    async def _on_reopen(self, *_: object) -> None:
+        """aio-pika reopened the channel after a reconnection: consume again."""
+        if self._closed:
+            return
+        try:
+            await self._subscribe()
+        except Exception as exc:
+            log.warning("%s: could not consume again after reconnecting (%s); retrying",
+                        self.queue, exc)
+            self._spawn(self._resubscribe_later())
+
+    def _on_cancelled(self, frame: Any) -> None:
+        """The broker cancelled the consumer (its queue was deleted): subscribe again."""
+        if not self._closed and getattr(frame, "consumer_tag", None) == self._tag:
+            log.warning("%s: the broker cancelled the consumer; subscribing again", self.queue)
+            self._spawn(self._resubscribe_later())
+
+    async def _resubscribe_later(self, delay: float = 2.0) -> None:
+        await asyncio.sleep(delay)
+        if self._closed:
+            return
+        if self._raw is not None and not self._raw.is_closed:
+            with contextlib.suppress(*_GONE):
+                await self._raw.basic_cancel(self._tag)
+        await self._on_reopen()
 
     async def close(self) -> None:
         self._closed = True
         for handle in self._held.values():
             handle.cancel()
         self._held.clear()
-        for task in list(self._tasks):
-            task.cancel()
+        self._flush_acks()
+        if self._tasks:  # acks on their way, copies being moved: let them finish
+            _, late = await asyncio.wait(set(self._tasks), timeout=5)
+            for task in late:
+                task.cancel()
         if self._channel is not None:
             with contextlib.suppress(*_GONE, TimeoutError, asyncio.CancelledError):
-                if self._amqp_queue is not None and self._tag is not None and (
-                    self.backend.available
-                ):
-                    await asyncio.wait_for(self._amqp_queue.cancel(self._tag), 5)
+                if self._raw is not None and not self._raw.is_closed and self.backend.available:
+                    await asyncio.wait_for(self._raw.basic_cancel(self._tag), 5)
                 # Closing the channel returns every unacked message to the queue.
                 await asyncio.wait_for(self._channel.close(), 5)
         for inbound in list(self.inbound):
             inbound.drop()
         self.backend.forget_consumer(self.queue)
 
+    # -- acks ------------------------------------------------------------------------------
+
+    def queue_ack(self, inbound: Inbound) -> None:
+        """Ack at the end of this turn of the event loop, with whatever else settles in it."""
+        if not self._acks:
+            asyncio.get_running_loop().call_soon(self._flush_acks)
+        self._acks.append(inbound)
+
+    def _flush_acks(self) -> None:
+        if not self._acks:
+            return
+        pending, self._acks = self._acks, []
+        by_channel: dict[aiormq.abc.AbstractChannel, list[int]] = {}
+        for inbound in pending:
+            if not inbound.channel.is_closed:
+                by_channel.setdefault(inbound.channel, []).append(inbound.tag)
+        for channel, tags in by_channel.items():
+            tags.sort()
+            # ``multiple`` acks every tag up to the one named: only safe below the oldest
+            # delivery of this channel still unsettled.
+            oldest = min((i.tag for i in self.inbound if i.channel is channel), default=None)
+            below = [t for t in tags if oldest is None or t < oldest]
+            plan: list[tuple[int, bool]] = []
+            if len(below) > 1:
+                plan.append((below[-1], True))
+                plan.extend((t, False) for t in tags[len(below):])
+            else:
+                plan.extend((t, False) for t in tags)
+            self._spawn(_send_acks(channel, plan, self.queue))
+
     # -- arrival ---------------------------------------------------------------------------
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
         if self._closed:
             return
-        envelope, history = decode(message)
-        inbound = Inbound(self, message)
+        frame = message.delivery
+        if not isinstance(frame, Basic.Deliver):
+            return
+        props = message.header.properties
+        envelope, history = decode_parts(message.body, props.headers, props.message_id,
+                                         props.content_type)
+        tag = int(frame.delivery_tag or 0)
+        inbound = Inbound(self, message.channel, tag, envelope.message_id)
         self.inbound.add(inbound)
         delivery = Delivery(
             queue=self.queue,
-            tag=message.delivery_tag,
+            tag=tag,
             envelope=envelope,
             failures=history.failures,
             first_failed_at=history.first_failed_at,
@@ -165,7 +240,7 @@ class RabbitConsumer:
             backend_state=inbound,
         )
         topo = self.topology
-        if topo.counts_redeliveries and message.redelivered:
+        if topo.counts_redeliveries and frame.redelivered:
             self._spawn(self._count_redelivery(delivery, history))
             return
         wait = history.not_before - time.time()
@@ -184,7 +259,7 @@ class RabbitConsumer:
         if not self._closed:
             self._out.put_nowait(delivery)
 
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -230,3 +305,13 @@ class RabbitConsumer:
         # An ordered queue's head goes back to the head (priority 1), others to the tail.
         await self._resend(delivery, self.topology.work, again,
                            priority=1 if self.topology.ordered else None)
+
+
+async def _send_acks(channel: aiormq.abc.AbstractChannel, plan: list[tuple[int, bool]],
+                     queue: str) -> None:
+    try:
+        for tag, multiple in plan:
+            await channel.basic_ack(tag, multiple=multiple, wait=False)
+    except _GONE as exc:
+        # The broker requeued them with the channel; they will be delivered again.
+        log.debug("%s: acks lost with their channel (%s)", queue, exc)
