@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -13,6 +14,15 @@ ContentType = Literal["hl7v2", "fhir+json", "json", "xml", "text"]
 CONTENT_TYPES: tuple[str, ...] = ("hl7v2", "fhir+json", "json", "xml", "text")
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
+
+
+def _encode(value: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
 
 
 class _MonotonicUlid:
@@ -27,23 +37,23 @@ class _MonotonicUlid:
         self._lock = threading.Lock()
         self._last_ms = -1
         self._rand = 0
+        self._time_chars = ""
 
     def __call__(self) -> str:
         with self._lock:
             ms = time.time_ns() // 1_000_000
             if ms <= self._last_ms:
-                ms = self._last_ms
                 self._rand += 1
             else:
                 self._last_ms = ms
+                self._time_chars = _encode(ms, 10)
                 # Leave headroom so increments within one millisecond cannot overflow.
                 self._rand = int.from_bytes(os.urandom(10), "big") >> 1
-            value = (ms << 80) | (self._rand & ((1 << 80) - 1))
-        chars = []
-        for _ in range(26):
-            chars.append(_CROCKFORD[value & 31])
-            value >>= 5
-        return "".join(reversed(chars))
+            rand = self._rand & ((1 << 80) - 1)
+            prefix = self._time_chars
+        # 80 random bits are exactly 10 bytes, so base32 encodes them in 16 characters with
+        # no padding; translating the RFC 4648 alphabet position by position keeps the order.
+        return prefix + base64.b32encode(rand.to_bytes(10, "big")).decode().translate(_TO_CROCKFORD)
 
 
 new_id = _MonotonicUlid()
