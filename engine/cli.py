@@ -19,18 +19,24 @@ from engine.settings import Secret
 EXIT_CONFIG = 2
 
 
-def _load(path: str) -> Config:
+def _load(path: str, *, all_mappings: bool = False) -> Config:
     config = load_config(path)
     # Mappings are part of a valid config: load them now so errors surface here.
     from engine.runtime import load_mappers
 
     load_mappers(config)
+    directory = config.resolve(config.mappings_dir)
+    if all_mappings and directory.is_dir():
+        # `check` validates every mapping file, used by a channel yet or not.
+        from engine.mapping import load_mappings
+
+        load_mappings(directory)
     return config
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        config = _load(args.config)
+        config = _load(args.config, all_mappings=True)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG

@@ -138,3 +138,17 @@ def test_check_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:12 channels[0].destinations[0].port:" in err
+
+
+def test_check_validates_every_mapping_file(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "typo.toml").write_text(
+        'name = "typo"\nsource = "hl7v2"\ntarget = "json"\n'
+        '[[rule]]\nfrom = "PID-3.1"\nto = "id"\ntransform = ["uppercase_typo"]\n'
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(GOOD)  # names no mapping: the file is checked all the same
+    assert main(["check", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "typo.toml" in err and "rule[0]" in err and "unknown transform" in err
