@@ -118,6 +118,8 @@ async def test_search_view_dead_letters_requeue_replay_and_audit(
         async with s.get(f"{base}/api/audit") as r:
             actions = [(a["action"], a["target"]) for a in (await r.json())["audit"]]
         assert ("replay", mid) in actions and ("requeue", dead[0]["queue"]) in actions
+        # The peer has both copies; the engine counts each once it has settled it.
+        await wait_for(lambda: engine.metrics.sent.total() == 2)
         async with s.get(f"{base}/metrics") as r:
             text = await r.text()
         assert 'hisbridge_deliveries_dead_lettered_total{channel="his",destination="cdr"} 1' in text
