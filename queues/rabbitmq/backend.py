@@ -181,6 +181,7 @@ class RabbitQueue:
             logical=queue, prefix=self.config.prefix, queue_type=self.config.queue_type,
             ordered=ordered, delivery_limit=self.config.delivery_limit,
             max_length=self.config.max_length or None, tiers=tuple(self.config.delay_tiers),
+            dead_letter_strategy=self.config.dead_letter_strategy,
         )
         channel = await self._admin_channel()
         try:

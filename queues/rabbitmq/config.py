@@ -26,6 +26,11 @@ class RabbitQueueConfig(Model):
             share the prefix.
         queue_type: ``quorum`` (replicated, the default) or ``classic``. Ordered
             destinations always use classic queues (see docs/operations.md).
+        dead_letter_strategy: how quorum queues move messages the broker dead-letters
+            (retries leaving their delay queue, messages past the delivery limit):
+            ``at-least-once`` (confirmed inside the broker, the default) or
+            ``at-most-once`` (the broker's older mode, which may drop a message whose
+            target queue is unavailable at that moment).
         delivery_limit: times a message may be handed out and never settled (its consumer
             crashed) before it is dead-lettered: the guard against a message that kills
             the engine each time it is processed.
@@ -47,6 +52,7 @@ class RabbitQueueConfig(Model):
     tls: bool = False
     prefix: str = Field(default="hisbridge", pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
     queue_type: Literal["quorum", "classic"] = "quorum"
+    dead_letter_strategy: Literal["at-least-once", "at-most-once"] = "at-least-once"
     delivery_limit: int = Field(default=20, ge=1, le=10_000)
     max_length: int = Field(default=1_000_000, ge=0)
     min_prefetch: int = Field(default=100, ge=1, le=65_535)

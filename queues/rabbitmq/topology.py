@@ -44,6 +44,7 @@ class QueueTopology:
     delivery_limit: int
     max_length: int | None
     tiers: tuple[float, ...]
+    dead_letter_strategy: str = "at-least-once"
 
     @property
     def work(self) -> str:
@@ -91,9 +92,7 @@ class QueueTopology:
             args["x-overflow"] = "reject-publish"
         if self.effective_type == "quorum":
             args["x-delivery-limit"] = self.delivery_limit
-            # Broker-side dead-lettering (the delivery limit) is confirmed, not fire-and-forget.
-            args["x-dead-letter-strategy"] = "at-least-once"
-            args["x-overflow"] = "reject-publish"
+            self._dead_letter_arguments(args)
         if self.ordered:
             args["x-single-active-consumer"] = True
             args["x-max-priority"] = 1
@@ -107,9 +106,15 @@ class QueueTopology:
             "x-dead-letter-routing-key": self.work,
         }
         if self.queue_type == "quorum":
-            args["x-dead-letter-strategy"] = "at-least-once"
-            args["x-overflow"] = "reject-publish"
+            self._dead_letter_arguments(args)
         return args
+
+    def _dead_letter_arguments(self, args: dict[str, Any]) -> None:
+        # At-least-once: the broker keeps a dead-lettered message until the target queue
+        # confirmed it (it needs reject-publish overflow); at-most-once may drop it.
+        args["x-dead-letter-strategy"] = self.dead_letter_strategy
+        if self.dead_letter_strategy == "at-least-once":
+            args["x-overflow"] = "reject-publish"
 
     def dead_arguments(self) -> dict[str, Any]:
         return {"x-queue-type": self.queue_type}

@@ -74,9 +74,26 @@ class Broker:
 
 
 def wait_broker_up(timeout: float = 60) -> None:
-    if shutil.which("rabbitmqctl") is not None:
-        rabbitmqctl("start_app", timeout=timeout)  # no-op when running
-        rabbitmqctl("await_startup", timeout=timeout)
+    """Make sure the broker app runs (after ``stop_app``) and can dead-letter again.
+
+    RabbitMQ 3.10 can come back from ``stop_app``/``start_app`` under load without the
+    supervisor of at-least-once dead-letter workers; quorum queues using it then fail to
+    start (INTERNAL_ERROR) until the node is restarted. Restart it here rather than leave a
+    broken broker to the next tests (see docs/operations.md, "Known broker issues").
+    """
+    if shutil.which("rabbitmqctl") is None:
+        return
+    rabbitmqctl("start_app", timeout=timeout)  # no-op when running
+    rabbitmqctl("await_startup", timeout=timeout)
+    probe = rabbitmqctl("eval", "whereis(rabbit_fifo_dlx_sup).", timeout=timeout)
+    if probe.returncode == 0 and probe.stdout.strip() == "undefined":
+        rabbitmqctl("stop", timeout=timeout)
+        subprocess.run(["rabbitmq-server", "-detached"], check=False, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while rabbitmqctl("await_startup", timeout=timeout).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("RabbitMQ did not come back after a restart")
+            time.sleep(1)
 
 
 async def delete_topology(broker: Broker, prefix: str, logical: list[str]) -> None:
