@@ -26,8 +26,14 @@ from simulators.hl7_messages import adt, dft
 from simulators.patients import PatientFactory
 
 
-def traffic(seed: int | None = None, *, facility: str = "SYFYY") -> Iterator[str]:
-    """An endless, realistic mix: registrations, admissions, updates, charges, discharges."""
+def traffic(seed: int | None = None, *, facility: str = "SYFYY",
+            paid_share: float = 0.6) -> Iterator[str]:
+    """An endless, realistic mix: registrations, admissions, updates, charges, discharges.
+
+    Each visit's charges come as one DFT^P03 batch. An outpatient batch is paid on the spot
+    with probability ``paid_share`` (self-paying patients at the window, the kiosk or on their
+    phone: a PY line and PV1-49); in-patient batches run against the deposit and stay unpaid.
+    """
     factory = PatientFactory(seed)
     rng = random.Random(seed)
     while True:
@@ -37,7 +43,11 @@ def traffic(seed: int | None = None, *, facility: str = "SYFYY") -> Iterator[str
         if rng.random() < 0.2:
             p.phone = f"1{rng.choice('3589')}{rng.randrange(10**9):09d}"
             yield adt("A08", p, v, facility=facility)
-        yield dft(p, v, factory.charges(v), facility=facility)
+        charges = factory.charges(v)
+        payment = None
+        if v.kind == "O" and rng.random() < paid_share:
+            payment = factory.payment(v, charges)
+        yield dft(p, v, charges, facility=facility, payment=payment, batch=f"B{v.number[1:]}01")
         if v.kind == "I" and rng.random() < 0.5:
             yield adt("A03", p, v, facility=facility)
 

@@ -1,13 +1,20 @@
-"""HL7 v2.5 messages a Chinese HIS sends: ADT (admit, register, update, discharge) and DFT^P03."""
+"""HL7 v2.5 messages a Chinese HIS sends: ADT (admit, register, update, discharge) and DFT^P03.
+
+Fields follow HL7 v2.5 positions: PV1-7 attending and PV1-17 admitting doctor, PV1-19 the
+visit number, PV1-44/45 admission and discharge times, PV1-47 total charges and PV1-49 total
+payments; FT1-3 the batch id, FT1-6 the transaction type (CG charge, PY payment), FT1-11 the
+extended amount and FT1-12 the unit price, FT1-24 who entered a payment.
+"""
 
 from __future__ import annotations
 
 import itertools
 import time
 from datetime import datetime
+from decimal import Decimal
 
 from engine.hl7 import escape
-from simulators.patients import Charge, Patient, Visit
+from simulators.patients import Charge, Patient, Payment, Visit
 
 _seq = itertools.count(1)
 
@@ -33,10 +40,22 @@ def _pid(p: Patient, facility: str) -> str:
     )
 
 
-def _pv1(v: Visit, facility: str) -> str:
+def _pv1(v: Visit, facility: str, *, discharged: str = "", total: Decimal | None = None,
+         paid: Decimal | None = None) -> str:
     doc = f"{v.doctor[0]}^{v.doctor[1]}^{v.doctor[2]}"
-    location = f"{v.dept_code}^{v.bed or '01'}^01^{facility}"
-    return f"PV1|1|{v.kind}|{location}||||{doc}|||{v.dept_code}||||||||{doc}||{v.number}"
+    fields = [""] * 50
+    fields[1] = "1"
+    fields[2] = v.kind
+    fields[3] = f"{v.dept_code}^{v.bed or '01'}^01^{facility}"
+    fields[7] = doc
+    fields[10] = v.dept_code
+    fields[17] = doc
+    fields[19] = v.number
+    fields[44] = f"{v.started:%Y%m%d%H%M%S}"
+    fields[45] = discharged
+    fields[47] = f"{total}" if total is not None else ""
+    fields[49] = f"{paid}" if paid is not None else ""
+    return "PV1" + "|".join(fields).rstrip("|")
 
 
 def adt(trigger: str, p: Patient, v: Visit, *, facility: str = "SYFYY",
@@ -45,22 +64,33 @@ def adt(trigger: str, p: Patient, v: Visit, *, facility: str = "SYFYY",
     cid = cid or control_id()
     now = time.strftime("%Y%m%d%H%M%S")
     segs = [_msh("ADT", trigger, "ADT_A01" if trigger != "A03" else "ADT_A03", cid, facility),
-            f"EVN|{trigger}|{now}", _pid(p, facility), _pv1(v, facility)]
+            f"EVN|{trigger}|{now}", _pid(p, facility),
+            _pv1(v, facility, discharged=now if trigger == "A03" else "")]
     return "\r".join(segs) + "\r"
 
 
 def dft(p: Patient, v: Visit, charges: list[Charge], *, facility: str = "SYFYY",
-        cid: str | None = None) -> str:
+        cid: str | None = None, payment: Payment | None = None, batch: str = "") -> str:
+    """DFT^P03: one FT1 CG line per charge; with ``payment``, a PY line and PV1-49 say the
+    batch was paid in full (what ``mappings/einvoice_dft_paid.toml`` invoices)."""
     cid = cid or control_id()
     now = time.strftime("%Y%m%d%H%M%S")
+    total = sum((c.amount for c in charges), Decimal("0.00"))
     segs = [_msh("DFT", "P03", "DFT_P03", cid, facility), f"EVN|P03|{now}", _pid(p, facility),
-            _pv1(v, facility)]
+            _pv1(v, facility, total=total, paid=payment.amount if payment else None)]
     doc = f"{v.doctor[0]}^{v.doctor[1]}^{v.doctor[2]}"
     for n, c in enumerate(charges, start=1):
         segs.append(
-            f"FT1|{n}|{c.transaction_id}||{now}|{now}|CG|"
+            f"FT1|{n}|{c.transaction_id}|{batch}|{now}|{now}|CG|"
             f"{c.code}^{escape(c.name)}^LOCAL^{c.insurance_code}^{escape(c.name)}^NHSA|||"
-            f"{c.quantity}|{c.unit_price}^CNY|{c.amount}^CNY|{v.dept_code}^{escape(v.dept_name)}"
+            f"{c.quantity}|{c.amount}^CNY|{c.unit_price}^CNY|{v.dept_code}^{escape(v.dept_name)}"
             f"||||||||{doc}"
+        )
+    if payment is not None:
+        cashier = f"{payment.cashier[0]}^{escape(payment.cashier[1])}"
+        segs.append(
+            f"FT1|{len(charges) + 1}|{payment.transaction_id}|{batch}|{now}|{now}|PY|"
+            f"{payment.channel}^{escape(payment.channel_name)}|||1|{payment.amount}^CNY|"
+            f"{payment.amount}^CNY||||||||||||{cashier}"
         )
     return "\r".join(segs) + "\r"

@@ -40,6 +40,12 @@ CHARGE_ITEMS = [
     ("X0207", "阿莫西林胶囊", "XJ01CAA040E001010100929", Decimal("0.65")),
     ("270800005", "心电图检查", "002708000050000", Decimal("25.00")),
 ]
+# How self-paying outpatients pay at the window, the kiosk or on their phone (HL7 FT1-7 of a
+# PY line; lower-cased, these are the keys of mappings/lookups/einvoice_pay_channels.csv).
+PAY_CHANNELS = [("WECHAT", "微信支付"), ("ALIPAY", "支付宝"), ("UNIONPAY", "银联"),
+                ("CASH", "现金")]
+_PAY_WEIGHTS = [5, 3, 1, 1]
+CASHIERS = [("SF01", "收费员01"), ("SF02", "收费员02"), ("ZZJ01", "自助机01")]
 
 _WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
 _CHECK = "10X98765432"
@@ -80,6 +86,7 @@ class Visit:
     dept_name: str
     doctor: tuple[str, str, str]
     bed: str = ""
+    started: datetime = field(default_factory=datetime.now)
 
 
 @dataclass
@@ -97,13 +104,27 @@ class Charge:
 
 
 @dataclass
+class Payment:
+    """The patient paid a charge batch in full: one HL7 PY line (FT1-6 = PY)."""
+
+    channel: str  # FT1-7.1, e.g. WECHAT
+    channel_name: str
+    amount: Decimal
+    cashier: tuple[str, str]  # FT1-24: who took it (a window or a kiosk)
+    transaction_id: str = ""
+
+
+@dataclass
 class PatientFactory:
     seed: int | None = None
     rng: random.Random = field(init=False)
     _counter: int = field(default=0, init=False)
+    _visits: int = field(default=0, init=False)
+    _visit_base: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        self._visit_base = self.rng.randrange(10**6)
 
     def patient(self) -> Patient:
         r = self.rng
@@ -130,8 +151,11 @@ class PatientFactory:
         r = self.rng
         kind = kind or r.choice("IO")
         dept = r.choice(DEPARTMENTS)
+        # Visit numbers are unique within a run (a million visits a day), like a HIS sequence.
+        self._visits += 1
+        serial = (self._visit_base + self._visits) % 10**6
         return Visit(
-            number=f"{'Z' if kind == 'I' else 'V'}{datetime.now():%Y%m%d}{r.randrange(10**6):06d}",
+            number=f"{'Z' if kind == 'I' else 'V'}{datetime.now():%Y%m%d}{serial:06d}",
             kind=kind, dept_code=dept[0], dept_name=dept[1], doctor=r.choice(DOCTORS),
             bed=f"{r.randrange(1, 40):02d}" if kind == "I" else "",
         )
@@ -144,3 +168,10 @@ class PatientFactory:
                    transaction_id=f"F{visit.number[1:]}{i + 1:03d}")
             for i, (code, name, ins, price) in enumerate(picked)
         ]
+
+    def payment(self, visit: Visit, charges: list[Charge]) -> Payment:
+        """The patient pays the whole batch through one channel."""
+        r = self.rng
+        channel, name = r.choices(PAY_CHANNELS, _PAY_WEIGHTS)[0]
+        return Payment(channel, name, sum((c.amount for c in charges), Decimal("0.00")),
+                       r.choice(CASHIERS), transaction_id=f"P{visit.number[1:]}001")
