@@ -27,7 +27,7 @@ from lxml import etree
 from pydantic import Field, field_validator
 
 from engine.contracts import Ingest, Result
-from engine.errors import PermanentError, RejectedInput, TransientError
+from engine.errors import ConfigError, PermanentError, RejectedInput, TransientError
 from engine.hl7 import build_ack, parse
 from engine.message import CONTENT_TYPES, Message
 from engine.settings import DestinationSettings, HostPort, Model, Secret, split_host_port
@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 HL7_MEDIA = "x-application/hl7-v2+er7"
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Headers the engine sets on messages itself (answers routed with ``response_to``).
+_RESERVED_HEADERS = {"idempotency-key", "in-reply-to", "from-destination", "mapping"}
+_MAX_HEADER_VALUE = 1000
+
 
 class HttpSourceConfig(Model):
     """An HTTP endpoint receiving messages for one channel.
@@ -44,8 +49,14 @@ class HttpSourceConfig(Model):
     Attributes:
         listen: ``host:port``; channels may share it with different ``path``s.
         content_type: what the body is; ``auto`` decides from the Content-Type header.
-        token: if set, requests must carry ``Authorization: Bearer <token>``.
+        token: if set, requests must carry ``Authorization: Bearer <token>``; while the
+            secret cannot be resolved, requests are answered 503 (the source still starts).
         max_body_bytes: larger bodies are refused with 413 before they are read.
+        pass_headers: request headers copied onto the message's headers, under the name as
+            written here (HTTP matching is case-insensitive), so mappings read them with
+            ``@header:<name>`` and ``response_to`` channels receive them with the answer
+            (a settle request carries ``mdtrt_cert_no`` and ``chrg_bchno`` to the 2207
+            mapping this way). Absent headers are skipped; values are cut at 1,000 chars.
     """
 
     type: Literal["http"]
@@ -55,6 +66,21 @@ class HttpSourceConfig(Model):
     token: Secret | None = None
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     default_encoding: str = "utf-8"
+    pass_headers: list[str] = Field(default_factory=list)
+
+    @field_validator("pass_headers")
+    @classmethod
+    def _header_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"{name!r} is set by the engine itself and cannot be passed")
+        lowered = [n.lower() for n in value]
+        dupes = sorted({n for n in lowered if lowered.count(n) > 1})
+        if dupes:
+            raise ValueError(f"header names listed twice: {', '.join(dupes)}")
+        return value
 
     def build(self, channel: str) -> HttpSource:
         return HttpSource(self, channel)
@@ -151,7 +177,11 @@ class HttpSource:
         if request.method != "POST" and request.method != "PUT":
             return _problem(405, "use POST or PUT")
         if self.config.token is not None:
-            expected = f"Bearer {self.config.token.get()}"
+            try:
+                expected = f"Bearer {self.config.token.get()}"
+            except ConfigError as exc:
+                log.warning("http source %s: token not available: %s", self.channel, exc)
+                return _problem(503, "the source's token is not configured", retry_after=30)
             if not _constant_time_equal(request.headers.get("Authorization", ""), expected):
                 return _problem(401, "missing or wrong bearer token")
         length = request.content_length
@@ -180,6 +210,10 @@ class HttpSource:
                 return web.Response(status=400, body=ack.encode(), content_type=HL7_MEDIA)
             return _problem(400, str(exc))
         headers = {}
+        for name in self.config.pass_headers:
+            value = request.headers.get(name)
+            if value is not None:
+                headers[name] = value[:_MAX_HEADER_VALUE]
         idem = request.headers.get("Idempotency-Key")
         if idem:
             headers["Idempotency-Key"] = idem[:200]
@@ -332,8 +366,6 @@ class HttpSender:
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        if self.token is not None:
-            self.headers["Authorization"] = f"Bearer {self.token.get()}"
         connector = aiohttp.TCPConnector(limit=max(1, self.concurrency), keepalive_timeout=60)
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=self.timeout, headers=self.headers,
@@ -356,6 +388,13 @@ class HttpSender:
         if self.session is None:
             raise TransientError("destination is not started")
         headers = {"Content-Type": _MEDIA.get(content_type, "application/octet-stream")}
+        if self.token is not None:
+            # Resolved per request (Secret caches it), so a destination whose token is not
+            # on this machine yet still starts and retries until it is.
+            try:
+                headers["Authorization"] = f"Bearer {self.token.get()}"
+            except ConfigError as exc:
+                raise TransientError(f"{method} {url}: token not available: {exc}") from None
         if extra_headers:
             headers.update(extra_headers)
         try:
