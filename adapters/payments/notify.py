@@ -28,15 +28,16 @@ from typing import Protocol
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel
 
 from adapters.payments.errors import CallbackRejected
 from adapters.payments.model import PaymentEvent
 from adapters.payments.store import Applied, PaymentStore
 from engine.contracts import Ingest
 from engine.database import Database, StoreUnavailable
-from engine.errors import TransientError
+from engine.errors import ConfigError, TransientError
 from engine.message import Message
-from engine.settings import split_host_port
+from engine.settings import Secret, split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,22 @@ class NotifyVerifier(Protocol):
     def answer(self, accepted: bool, reason: str = "") -> NotifyAnswer:
         """The reply the gateway understands. ``reason`` ``unavailable`` means "retry"."""
         ...
+
+
+def _secret_missing(verifier: NotifyVerifier) -> bool:
+    """Whether a secret the verifier's account settings reference cannot be resolved (not
+    set, no such file), as opposed to one that resolves to an unusable key."""
+
+    def walk(node: object) -> bool:
+        if isinstance(node, Secret):
+            return not node.available()
+        if isinstance(node, BaseModel):
+            return any(walk(getattr(node, name)) for name in type(node).model_fields)
+        if isinstance(node, list):
+            return any(walk(item) for item in node)
+        return False
+
+    return walk(getattr(verifier, "settings", None))
 
 
 class _KeyedLocks:
@@ -141,7 +158,15 @@ class PaymentNotifySource:
         return f"http://{self._host}:{self.port}{self.path}"
 
     async def start(self, ingest: Ingest) -> None:
-        self.verifier.load()
+        try:
+            self.verifier.load()
+        except ConfigError as exc:
+            if not _secret_missing(self.verifier):
+                raise
+            # Keys not on this machine yet (a fresh install): listen anyway and answer every
+            # callback with a failure until they are, so the gateway keeps retrying.
+            log.warning("payment notify source %s: keys not available, callbacks are refused "
+                        "until they are: %s", self.channel, exc)
         self._ingest = ingest
         if self._db is None:
             self._db = Database(self._database_path)
@@ -185,6 +210,10 @@ class PaymentNotifySource:
         notify = NotifyRequest(request.headers, body, request.content_type, remote)
         try:
             event = await self.verifier.verify(notify)
+        except ConfigError as exc:
+            log.warning("payment callback not verified, keys not available: gateway=%s (%s)",
+                        self.gateway, exc)
+            return self._reply(False, "unavailable")
         except CallbackRejected as refused:
             log.warning("payment callback refused: gateway=%s reason=%s order=%s",
                         self.gateway, refused.reason, refused.out_trade_no or "-")

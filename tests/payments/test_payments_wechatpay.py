@@ -450,7 +450,10 @@ async def _paid(wx: Rig, no: str, amount: int, eventually: Any) -> None:
     await eventually(lambda: _is(wx, no, OrderState.PAID))
 
 
-async def test_source_with_unreadable_keys_fails_at_start(tmp_path: Path, channel: Any) -> None:
+async def test_source_without_its_keys_starts_and_refuses_callbacks(
+        tmp_path: Path, channel: Any, http: aiohttp.ClientSession) -> None:
+    # A fresh machine: the key files are not there yet. The source listens anyway and answers
+    # every callback with a failure (the gateway retries); nothing reaches the channel.
     settings = WechatPaySettings(
         mchid=MCHID, appid=APPID, merchant_serial="1",
         merchant_private_key=Secret(f"file:{tmp_path / 'missing.pem'}"),
@@ -459,8 +462,19 @@ async def test_source_with_unreadable_keys_fails_at_start(tmp_path: Path, channe
     source = PaymentNotifyConfig(type="payment_notify", gateway="wechatpay",
                                  listen="127.0.0.1:0", database=str(tmp_path / "p.db"),
                                  wechatpay=settings).build("payments")
-    with pytest.raises(ConfigError, match="cannot read secret file"):
-        await source.start(channel)
+    await source.start(channel)
+    try:
+        headers = {"Wechatpay-Timestamp": "1", "Wechatpay-Nonce": "n", "Wechatpay-Serial": "s",
+                   "Wechatpay-Signature": "x", "Content-Type": "application/json"}
+        async with http.post(source.url, data=b"{}", headers=headers) as r:
+            assert r.status >= 500
+            assert (await r.json())["code"] == "FAIL"
+        assert channel.messages == []
+    finally:
+        await source.stop()
+    # Keys that are there but unusable still fail the start.
+    for name in ("missing.pem", "missing-cert.pem"):
+        (tmp_path / name).write_text("placeholder")
     (tmp_path / "missing.key").write_text("short")
     with pytest.raises(ConfigError, match="32 bytes"):
         await source.start(channel)
