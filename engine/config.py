@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
 from adapters.einvoice import EinvoiceDestinationConfig
 from adapters.fhir import FhirDestinationConfig
@@ -180,7 +180,28 @@ def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = N
         raise validation_error(exc, text, file) from None
     config._base_dir = base_dir or Path(".")
     config._file = file
+    if base_dir is not None:
+        _anchor_secret_files(config, base_dir)
     return config
+
+
+def _anchor_secret_files(node: object, base_dir: Path) -> None:
+    """Make relative ``file:`` secret references relative to the config file's directory
+    (like the store path), not to wherever the process was started."""
+    if isinstance(node, Secret):
+        if node.reference.startswith("file:"):
+            path = Path(node.reference.removeprefix("file:"))
+            if not path.is_absolute():
+                node.reference = f"file:{base_dir / path}"
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            _anchor_secret_files(getattr(node, name), base_dir)
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            _anchor_secret_files(item, base_dir)
+    elif isinstance(node, dict):
+        for item in node.values():
+            _anchor_secret_files(item, base_dir)
 
 
 def validation_error(exc: ValidationError, text: str, file: str) -> ConfigError:
