@@ -236,6 +236,7 @@ class Platform:
     def cancel_fees(self, mdtrt_id: str, psn_no: str, *, chrg_bchno: str | None = None,
                     feedetl_sn: str | None = None) -> int:
         self.visit(mdtrt_id, psn_no)
+        args: tuple[str, ...]
         if chrg_bchno is not None:
             where, args = "mdtrt_id = ? AND chrg_bchno = ?", (mdtrt_id, chrg_bchno)
         elif feedetl_sn and feedetl_sn != "0000":
