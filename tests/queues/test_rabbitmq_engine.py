@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.mllp import END, START
 from engine.hl7 import parse
 from engine.ingest import DedupKey
 from engine.message import Message
@@ -101,6 +102,28 @@ async def test_message_is_acked_after_store_and_broker_confirm_then_delivered(
     # The channel has no filter or mapping: ingest queued it for the destination directly.
     assert [e.status for e in await engine.store.events(stored.id)] == ["received", "sent"]
     assert stored.status == "sent"
+    await wait_for(lambda: outbox_rows(tmp_path) == 0)
+    await client.close()
+
+
+@pytest.mark.usefixtures("cleanup")
+async def test_the_ack_waits_for_the_broker_confirm(
+    tmp_path: Path, engines: list[Engine], broker: Broker, prefix: str, receiver: HisReceiver,
+    proxy: TcpProxy,
+) -> None:
+    engine = await start(tmp_path, engines, broker, prefix, receiver, host=proxy.address)
+    client = await MllpClient.connect(engine.source_port("his"))
+    proxy.hold_replies()  # the broker stalls: it gets the publish, its confirm does not come
+    await client.send_raw(START + message("CONFIRM-1").encode() + END)
+    with pytest.raises(TimeoutError):
+        await client.read_ack(timeout=0.8)
+    # Stored already (the outbox row says: not yet confirmed), but not acknowledged.
+    assert len(await engine.store.search(control_id="CONFIRM-1")) == 1
+    assert outbox_rows(tmp_path) == 1
+    proxy.release_replies()
+    ack = await client.read_ack(timeout=10)
+    assert (ack.get("MSA", 1), ack.get("MSA", 2)) == ("AA", "CONFIRM-1")
+    await wait_for(lambda: receiver.received == ["CONFIRM-1"])
     await wait_for(lambda: outbox_rows(tmp_path) == 0)
     await client.close()
 
