@@ -1,8 +1,9 @@
 """A FHIR R4 server for demos, tests and benchmarks, with switchable faults.
 
 Stores resources in memory (create, update, read, search by identifier, transaction and
-batch bundles) and answers errors with OperationOutcome, like a real server. Faults are
-switched over HTTP (``POST /_control/fault``) or from Python (``set_fault``):
+batch bundles, with conditional updates and creates by identifier) and answers errors with
+OperationOutcome, like a real server. Faults are switched over HTTP
+(``POST /_control/fault``) or from Python (``set_fault``):
 
 - ``error``: answer every request with ``status`` (default 503);
 - ``slow``: add ``delay`` seconds to every answer;
@@ -19,7 +20,9 @@ import asyncio
 import itertools
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
@@ -206,8 +209,10 @@ class FhirServer:
         return (200 if existing else 201), stored
 
     def _match(self, rtype: str, query: str) -> str | None:
-        """The id a conditional update targets (only ``identifier=system|value`` searches)."""
-        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        """The id a conditional update or create targets (only ``identifier=system|value``
+        searches). The query is URL-decoded first: clients percent-encode search values
+        (the mapping engine does), and ``%7C`` is the same ``|``."""
+        params = dict(parse_qsl(query, keep_blank_values=True))
         ident = params.get("identifier")
         if ident is None:
             raise _Invalid(f"unsupported conditional search {query!r}", 412)
@@ -218,7 +223,7 @@ class FhirServer:
         entries = doc.get("entry") or []
         transaction = doc.get("type") == "transaction"
         # First resolve every entry's target id, so urn:uuid references can be rewritten.
-        staged: list[tuple[str, str | None, dict[str, Any]] | _Invalid] = []
+        staged: list[tuple[str, str | None, dict[str, Any]] | _Exists | _Invalid] = []
         full_urls: dict[str, str] = {}
         for n, entry in enumerate(entries):
             try:
@@ -229,8 +234,13 @@ class FhirServer:
                 url = str(req.get("url", ""))
                 rtype, sep, rest = url.partition("?")
                 target: str | None = None
+                existing: str | None = None
                 if sep:
                     target = self._match(rtype, rest) or str(next(self._ids))
+                elif req.get("method") == "POST" and req.get("ifNoneExist"):
+                    # Conditional create: nothing is written when the search finds one.
+                    existing = self._match(rtype, str(req["ifNoneExist"]))
+                    target = existing or str(next(self._ids))
                 else:
                     rtype, _, target_part = url.partition("/")
                     target = target_part or (str(next(self._ids))
@@ -240,7 +250,7 @@ class FhirServer:
                 _check_resource(res)
                 if isinstance(entry.get("fullUrl"), str) and target:
                     full_urls[entry["fullUrl"]] = f"{rtype}/{target}"
-                staged.append((rtype, target, res))
+                staged.append(_Exists(rtype, existing) if existing else (rtype, target, res))
             except _Invalid as exc:
                 if transaction:
                     raise
@@ -252,6 +262,13 @@ class FhirServer:
                     "status": f"{item.status} Bad Request",
                     "outcome": {"resourceType": "OperationOutcome", "issue": [
                         {"severity": "error", "code": "invalid", "diagnostics": str(item)}]}}})
+                continue
+            if isinstance(item, _Exists):
+                found = self.resources[item.rtype][item.rid]
+                results.append({"response": {
+                    "status": "200 OK",
+                    "location": f"{item.rtype}/{item.rid}/_history/"
+                                f"{found['meta']['versionId']}"}})
                 continue
             rtype, target, res = item
             status, stored = self._store(rtype, target, _resolve_refs(res, full_urls))
@@ -288,6 +305,14 @@ def _resolve_refs(node: Any, full_urls: dict[str, str]) -> Any:
     if isinstance(node, list):
         return [_resolve_refs(v, full_urls) for v in node]
     return node
+
+
+@dataclass(frozen=True, slots=True)
+class _Exists:
+    """A conditional create whose resource is already there."""
+
+    rtype: str
+    rid: str
 
 
 class _Invalid(Exception):
