@@ -102,6 +102,7 @@ def test_settle_requests_come_back_as_claimresponses_to_the_cent(demo: DemoRun) 
     i = demo.summary["insurance"]
     n = i["requests"]
     assert n >= 3 and i["failures"] == []
+    assert i["presettlements"] == i["settle_calls"] == n
     assert i["settlements"] == i["claim_responses"] == n
     for channel, destination in (("insurance-settle", "nhsa-presettle"),
                                  ("insurance-presettled", "nhsa-settle"),
@@ -114,6 +115,8 @@ def test_settle_requests_come_back_as_claimresponses_to_the_cent(demo: DemoRun) 
     assert money(i["acct_pay"]) + money(i["psn_cash_pay"]) == money(i["psn_part_amt"])
     assert money(i["responses_benefit"]) == money(i["fund_pay_sumamt"]) > 0
     assert f"{n} settle requests" in demo.stdout
+    assert f"→ {n} pre-settlements (2206) → {n} settlements (2207) → {n} ClaimResponses" \
+        in demo.stdout
 
 
 def test_payment_notifications_reach_the_his_once_each(demo: DemoRun) -> None:
