@@ -262,8 +262,10 @@ class SqliteQueue:
             if ids is None:
                 return conn.execute(sql, (now, queue)).rowcount
             count = 0
-            for chunk_start in range(0, len(ids), 500):
-                chunk = [int(i) for i in ids[chunk_start : chunk_start + 500]]
+            # Dead-letter ids of this backend are row numbers; anything else names nothing.
+            numeric = [int(i) for i in ids if i.isdigit()]
+            for chunk_start in range(0, len(numeric), 500):
+                chunk = numeric[chunk_start : chunk_start + 500]
                 marks = ",".join("?" * len(chunk))
                 count += conn.execute(f"{sql} AND id IN ({marks})", (now, queue, *chunk)).rowcount
             return count

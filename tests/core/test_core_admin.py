@@ -129,3 +129,21 @@ async def test_search_view_dead_letters_requeue_replay_and_audit(
             channels = (await r.json())["channels"]
         assert channels[0]["destinations"][0]["name"] == "cdr"
     await client.close()
+
+
+async def test_requeue_of_unknown_or_malformed_ids_requeues_nothing(
+    setup: tuple[Engine, HisReceiver, str]
+) -> None:
+    engine, _, base = setup
+    queue = engine.channels["his"].destinations[0].queue
+    async with aiohttp.ClientSession(headers=AUTH) as s:
+        async with s.post(f"{base}/api/dead-letters/requeue",
+                          json={"queue": queue, "ids": ["not-a-number", "999999"]}) as r:
+            assert r.status == 200
+            assert (await r.json())["requeued"] == 0
+        async with s.post(f"{base}/api/dead-letters/requeue",
+                          json={"queue": "dest:nope/none"}) as r:
+            assert r.status == 404
+        async with s.post(f"{base}/api/dead-letters/requeue",
+                          json={"queue": queue, "ids": [1, 2]}) as r:
+            assert r.status == 400
