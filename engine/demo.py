@@ -197,10 +197,20 @@ async def run_demo(
         print("the config has no MLLP source to send HIS traffic to", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="hisbridge-demo-") as workdir:
-        peers = await start_peers(config, Path(workdir))
+        try:
+            peers = await start_peers(config, Path(workdir))
+        except OSError as exc:
+            print(f"cannot start the simulators: {exc} (is another demo or engine running?)",
+                  file=sys.stderr)
+            return 2
         engine = Engine(config)
         try:
             await engine.start()
+        except OSError as exc:
+            await peers.stop()
+            print(f"cannot start the engine: {exc} (is another demo or engine running?)",
+                  file=sys.stderr)
+            return 2
         except BaseException:
             await peers.stop()
             raise
