@@ -28,7 +28,7 @@ from adapters.soap import SoapDestinationConfig
 from engine.errors import ConfigError
 from engine.internal import InternalSourceConfig
 from engine.retry import RetryPolicy
-from engine.settings import FilterConfig, FilterRule, HostPort, Model, Secret
+from engine.settings import FilterConfig, FilterRule, HostPort, Model, Secret, is_data_path
 from queues.rabbitmq.config import RabbitQueueConfig
 
 SourceConfig = Annotated[
@@ -186,16 +186,22 @@ def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = N
 
 
 def _anchor_secret_files(node: object, base_dir: Path) -> None:
-    """Make relative ``file:`` secret references relative to the config file's directory
-    (like the store path), not to wherever the process was started."""
+    """Make relative ``file:`` secret references and ``DataPath`` fields relative to the
+    config file's directory (like the store path), not to wherever the process started."""
     if isinstance(node, Secret):
         if node.reference.startswith("file:"):
             path = Path(node.reference.removeprefix("file:"))
             if not path.is_absolute():
                 node.reference = f"file:{base_dir / path}"
     elif isinstance(node, BaseModel):
-        for name in type(node).model_fields:
-            _anchor_secret_files(getattr(node, name), base_dir)
+        for name, info in type(node).model_fields.items():
+            value = getattr(node, name)
+            if isinstance(value, str) and is_data_path(info) and value != ":memory:":
+                if not Path(value).is_absolute():
+                    # Frozen models: set once, right after validation, before anyone reads it.
+                    object.__setattr__(node, name, str(base_dir / value))
+                continue
+            _anchor_secret_files(value, base_dir)
     elif isinstance(node, (list, tuple)):
         for item in node:
             _anchor_secret_files(item, base_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -102,6 +103,24 @@ def _parse_host_port(value: Any) -> Any:
 
 HostPort = Annotated[str, BeforeValidator(_parse_host_port), PlainSerializer(str)]
 """A ``host:port`` string such as ``127.0.0.1:2575`` (port 0 picks a free port)."""
+
+
+class _RelativeToConfig:
+    """Marks a path field that the loader anchors at the config file's directory."""
+
+
+DataPath = Annotated[str, _RelativeToConfig()]
+"""A file path in config; relative paths are relative to the config file, like the store."""
+
+
+def is_data_path(info: Any) -> bool:
+    """Whether a pydantic field is a ``DataPath`` (also inside ``DataPath | None``)."""
+    if any(isinstance(m, _RelativeToConfig) for m in info.metadata):
+        return True
+    return any(
+        any(isinstance(m, _RelativeToConfig) for m in getattr(arg, "__metadata__", ()))
+        for arg in typing.get_args(info.annotation)
+    )
 
 
 def split_host_port(value: str) -> tuple[str, int]:

@@ -30,7 +30,7 @@ from adapters.nhsa.destination import NhsaDestination
 from adapters.nhsa.indoubt import DEFAULT_ABSENT, Resolver
 from adapters.nhsa.ledger import Ledger, MemoryLedger, SqliteLedger
 from adapters.nhsa.transactions import Kind
-from engine.settings import DestinationSettings, Model
+from engine.settings import DataPath, DestinationSettings, Model
 
 
 def _local_mac() -> str:
@@ -71,7 +71,7 @@ class InDoubtConfig(Model):
     delay: float = Field(default=0.5, ge=0)
     timeout: float = Field(default=5.0, gt=0)
     absent_messages: list[str] = Field(default_factory=lambda: list(DEFAULT_ABSENT))
-    ledger: str | None = None
+    ledger: DataPath | None = None
 
 
 class NhsaDestinationConfig(DestinationSettings):

@@ -35,7 +35,7 @@ from adapters.unionpay.notify import UnionPayNotifyVerifier
 from adapters.unionpay.settings import UnionPaySettings
 from adapters.wechatpay.notify import WechatPayNotifyVerifier
 from adapters.wechatpay.settings import WechatPaySettings
-from engine.settings import HostPort, Model
+from engine.settings import DataPath, HostPort, Model
 
 Gateway = Literal["wechatpay", "alipay", "unionpay", "mobilepay"]
 
@@ -56,7 +56,7 @@ class PaymentNotifyConfig(Model):
     gateway: Gateway
     listen: HostPort = "127.0.0.1:8443"
     path: str = Field(default="/notify", pattern=r"^/[A-Za-z0-9_./-]*$")
-    database: str = "data/hisbridge.db"
+    database: DataPath = "data/hisbridge.db"
     max_body: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     wechatpay: WechatPaySettings | None = None
     alipay: AlipaySettings | None = None

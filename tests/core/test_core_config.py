@@ -152,3 +152,15 @@ def test_check_validates_every_mapping_file(tmp_path: Path,
     assert main(["check", str(config)]) == 2
     err = capsys.readouterr().err
     assert "typo.toml" in err and "rule[0]" in err and "unknown transform" in err
+
+
+def test_data_paths_and_secret_files_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    text = GOOD.replace('url = "http://127.0.0.1:9000/x"',
+                        'url = "http://127.0.0.1:9000/x"\ntoken = "file:keys/t"')
+    config = parse_config(text, base_dir=tmp_path)
+    token = config.channels[1].destinations[0].token
+    assert token is not None and token.reference == f"file:{tmp_path / 'keys/t'}"
+    repo = parse_config((REPO / "config.toml").read_text(), base_dir=tmp_path)
+    ledgers = [d.in_doubt.ledger for c in repo.channels for d in c.destinations
+               if d.type == "nhsa" and d.in_doubt.ledger]
+    assert ledgers and all(ledger.startswith(str(tmp_path)) for ledger in ledgers)
