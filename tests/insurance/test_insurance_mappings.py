@@ -14,9 +14,10 @@ from engine.contracts import Payload
 from engine.errors import MappingError
 from engine.mapping import load_mappings
 from queues.contract import Envelope
+from tests.conftest import SHARED
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO.parent / "shared" / "samples" / "hl7" / "dft_p03_outpatient_charges.hl7"
+SAMPLE = SHARED / "samples" / "hl7" / "dft_p03_outpatient_charges.hl7"
 CLAIM = REPO / "mappings" / "fixtures" / "insurance_claim_to_2206" / \
     "outpatient_settle_request.in.json"
 
@@ -31,7 +32,6 @@ def as_envelope(payload: Payload, key: str) -> Envelope:
     return Envelope(key, payload.body, dict(payload.headers), content)
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="shared samples not present")
 async def test_his_charges_to_claimresponse(nhsa, kit, mappings):
     dest = await nhsa()
     psn_no, _, mdtrt_id = await kit.visit(dest, "D44039900001")

@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
+from tests.conftest import SHARED
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
-if not SHARED.exists():  # as in tests/conftest.py: a sibling of the repository, or the env
-    SHARED = Path(os.environ.get("HISBRIDGE_SHARED", "/work/shared"))
 SAMPLES = SHARED / "samples" / "hl7"
 
 

@@ -9,7 +9,6 @@ mapping's ``when``, or fails with a MappingError that names the mapping file and
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -20,11 +19,9 @@ from engine.contracts import Payload
 from engine.errors import MappingError, RejectedInput
 from engine.hl7 import parse
 from engine.mapping import CompiledMapping, load_mappings
+from tests.conftest import SHARED
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
-if not SHARED.exists():  # as in tests/conftest.py: a sibling of the repository, or the env
-    SHARED = Path(os.environ.get("HISBRIDGE_SHARED", "/work/shared"))
 CORPUS = SHARED / "corpora" / "hl7v2"
 
 

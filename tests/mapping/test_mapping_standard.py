@@ -7,7 +7,6 @@ validation), and identifiers, names, dates, codes and amounts are checked field 
 from __future__ import annotations
 
 import json
-import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,9 @@ from engine.contracts import Payload
 from engine.errors import MappingError
 from engine.hl7 import parse
 from engine.mapping import CompiledMapping, load_mappings
+from tests.conftest import SHARED
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
-if not SHARED.exists():  # as in tests/conftest.py: a sibling of the repository, or the env
-    SHARED = Path(os.environ.get("HISBRIDGE_SHARED", "/work/shared"))
 SAMPLES = SHARED / "samples" / "hl7"
 ID_CARD = "urn:oid:2.16.156.10011.1.3"
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -22,10 +20,8 @@ from adapters.payments.signing import (
 )
 from adapters.unionpay import crypto as unionpay
 from adapters.wechatpay import crypto as wechat
+from tests.conftest import SHARED
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-if not SHARED.exists():  # CI clones may sit elsewhere
-    SHARED = Path(os.environ.get("HISBRIDGE_SHARED", "/work/shared"))
 VECTORS = SHARED / "reference" / "vectors"
 
 
