@@ -7,8 +7,8 @@ engine acknowledged must arrive, whatever happened in between.
 from __future__ import annotations
 
 import asyncio
-import os
 import itertools
+import os
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
