@@ -145,7 +145,11 @@ class MllpSource:
                 await asyncio.to_thread(strict_validate, msg)
         except RejectedInput as exc:
             partial = exc.partial if isinstance(exc.partial, Hl7Message) else None
-            log.info("mllp source %s rejected a frame: %s", self.channel, _safe(str(exc)))
+            # The reason may quote a piece of the input (a malformed segment name), so it
+            # goes to the peer in the ACK and to the log only at DEBUG.
+            log.info("mllp source %s rejected a frame (%s, HL7 error %s)", self.channel,
+                     exc.code, exc.hl7_error)
+            log.debug("rejection reason: %s", _safe(str(exc)))
             return _encode_ack(exc, partial)
         assert self._ingest is not None
         message = Message(channel=self.channel, content_type="hl7v2", body=frame.data)
