@@ -127,11 +127,12 @@ async def run_bare(n: int, connections: int, workdir: Path) -> Row:
 
 
 def engine_toml(workdir: Path, *, port: int, admin: int, dest: str, queue: str,
-                strict: bool) -> str:
+                strict: bool, mapping_workers: int = 0) -> str:
     queue_toml = 'backend = "sqlite"' if queue == "sqlite" else (
         f'backend = "rabbitmq"\nhost = "{RABBITMQ}"\nprefix = "{workdir.name}"')
     return f"""
 mappings_dir = "{REPO / 'mappings'}"
+mapping_workers = {mapping_workers}
 [store]
 path = "{workdir / 'bench.db'}"
 synchronous = "FULL"
@@ -153,6 +154,7 @@ source = {{ type = "mllp", listen = "127.0.0.1:{port}", strict = {str(strict).lo
 async def run_engine(
     label: str, n: int, connections: int, workdir: Path, *, queue: str, destination: str,
     mapping: str | None, rate: float | None = None, strict: bool = False,
+    mapping_workers: int = 0,
 ) -> Row:
     port, admin_port, peer_port = free_port(), free_port(), free_port()
     token = secrets.token_hex(16)
@@ -170,7 +172,7 @@ async def run_engine(
                 f'connections = 8\nconcurrency = 8')
     config = run_dir / "config.toml"
     config.write_text(engine_toml(run_dir, port=port, admin=admin_port, dest=dest, queue=queue,
-                                  strict=strict))
+                                  strict=strict, mapping_workers=mapping_workers))
     engine = Process("engine", ["-m", "engine.cli", "serve", "--config", str(config)], run_dir,
                      env)
     admin = f"http://127.0.0.1:{admin_port}"
@@ -231,11 +233,14 @@ async def main_async(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="hisbridge-bench-"))
     rows: list[Row] = []
     wanted = args.scenarios.split(",")
-    common = dict(queue=args.queue, destination=destination, mapping=mapping)
+    common = dict(queue=args.queue, destination=destination, mapping=mapping,
+                  mapping_workers=args.mapping_workers)
     if "bare" in wanted:
         rows.append(await run_bare(args.messages, args.connections, workdir))
     if "engine" in wanted:
-        rows.append(await run_engine(f"engine ({args.queue})", args.messages, args.connections,
+        label = f"engine ({args.queue})" + (
+            f" + {args.mapping_workers} mapping worker(s)" if args.mapping_workers else "")
+        rows.append(await run_engine(label, args.messages, args.connections,
                                      workdir, **common))  # type: ignore[arg-type]
     if "latency" in wanted:
         n = int(args.rate * args.latency_seconds)
@@ -265,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue", choices=["sqlite", "rabbitmq"], default="sqlite")
     p.add_argument("--destination", choices=["fhir", "mllp"], default=None)
     p.add_argument("--mapping", default=None)
+    p.add_argument("--mapping-workers", type=int, default=0,
+                   help="run mappings in this many worker processes (engine mapping_workers)")
     p.add_argument("--scenarios", default="bare,engine,latency,hl7apy")
     p.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

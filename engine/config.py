@@ -107,6 +107,7 @@ class Config(Model):
     logging: LoggingConfig = LoggingConfig()
     retry: RetryPolicy = RetryPolicy()
     mappings_dir: str = "mappings"
+    mapping_workers: int = Field(default=0, ge=0, le=64)
     channels: list[ChannelConfig] = Field(default_factory=list)
 
     _base_dir: Path = PrivateAttr(default=Path("."))

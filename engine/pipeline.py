@@ -20,6 +20,7 @@ from engine.errors import MappingError, PermanentError, RejectedInput
 from engine.filters import Filter, Subject
 from engine.hl7 import parse
 from engine.ingest import ChannelIngest, Prepared
+from engine.mapping_pool import map_payload
 from engine.message import Message, id_time
 from engine.metrics import Metrics
 from engine.outcome import Action, Outcome, decide, describe
@@ -236,7 +237,7 @@ class ChannelWorker:
             return
         try:
             outputs = (
-                self.mapper.apply(Payload(env.body, env.content_type, env.headers))
+                await map_payload(self.mapper, Payload(env.body, env.content_type, env.headers))
                 if self.mapper is not None else [Payload(env.body, env.content_type, env.headers)]
             )
         except Exception as exc:
@@ -326,7 +327,7 @@ class DestinationWorker:
         error: BaseException | None = None
         result: Result | None = None
         try:
-            for out in self._prepare(env):
+            for out in await self._prepare(env):
                 result = await dest.adapter.send(out)
         except asyncio.CancelledError:
             raise
@@ -395,12 +396,12 @@ class DestinationWorker:
                 hl7 = parse(result.response)
         return target, target.prepare(message, hl7)
 
-    def _prepare(self, env: Envelope) -> list[Envelope]:
+    async def _prepare(self, env: Envelope) -> list[Envelope]:
         """Apply the destination's own mapping, if any (a MappingError dead-letters)."""
         mapper = self.dest.mapper
         if mapper is None:
             return [env]
-        outputs = mapper.apply(Payload(env.body, env.content_type, env.headers))
+        outputs = await map_payload(mapper, Payload(env.body, env.content_type, env.headers))
         return [Envelope(env.message_id, o.body, o.headers, o.content_type) for o in outputs]
 
 

@@ -22,6 +22,7 @@ from engine.database import Database
 from engine.errors import ConfigError
 from engine.filters import Filter
 from engine.ingest import ChannelIngest, Fanout, channel_queue
+from engine.mapping_pool import MappingPool, pooled
 from engine.message import Message
 from engine.metrics import Gauge, Metrics
 from engine.outbox import Outbox, outbox_for
@@ -89,17 +90,27 @@ class Engine:
         self.admin: Any = None
         self.admin_token = ""
         self.outbox: Outbox | None = None
+        self.mapping_pool: MappingPool | None = None
         self.started_at = 0.0
         self._started = False
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    def _pool_mappers(self, mappers: dict[str, Mapper]) -> dict[str, Mapper]:
+        """Run the mappings in worker processes when ``mapping_workers`` asks for it."""
+        if not mappers or not self.config.mapping_workers:
+            return mappers
+        self.mapping_pool = MappingPool(
+            self.config.resolve(self.config.mappings_dir), self.config.mapping_workers
+        )
+        return pooled(mappers, self.mapping_pool)
 
     async def start(self) -> None:
         # The SQLite writer thread needs the GIL briefly for each batch; with Python's
         # default 5 ms switch interval a commit can wait that long behind the event loop,
         # which shows directly in ACK latency. 0.5 ms keeps the handoff short.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
-        mappers = load_mappers(self.config)
+        mappers = self._pool_mappers(load_mappers(self.config))
         await self.db.open()
         try:
             await self.store.start()
@@ -212,6 +223,9 @@ class Engine:
             self.outbox = None
         await self.backend.close()
         await self.db.close()
+        if self.mapping_pool is not None:
+            await asyncio.to_thread(self.mapping_pool.close)
+            self.mapping_pool = None
         self._started = False
         log.info("engine stopped")
 
