@@ -13,12 +13,12 @@ import logging
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 import orjson
 
 from adapters.alipay import crypto
 from adapters.alipay.bill import parse_bill_zip
-from adapters.alipay.settings import AlipayCredentials, AlipaySettings
+from adapters.alipay.settings import AlipaySettings
+from adapters.payments.account import GatewaySession
 from adapters.payments.bills import Bill
 from adapters.payments.errors import GatewayRejected
 from adapters.payments.model import (
@@ -58,17 +58,13 @@ class AlipayClient:
 
     def __init__(self, settings: AlipaySettings) -> None:
         self.settings = settings
-        self._creds: AlipayCredentials | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._session = GatewaySession("Alipay", settings.credentials)
 
     async def start(self) -> None:
-        self._creds = self.settings.credentials()
-        self._session = aiohttp.ClientSession()
+        await self._session.open()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._session.close()
 
     # -- orders ----------------------------------------------------------------------------
 
@@ -161,8 +157,8 @@ class AlipayClient:
         data = await self._call("alipay.data.dataservice.bill.downloadurl.query",
                                 {"bill_type": "trade", "bill_date": bill_date}, money=False)
         url = _text(data, "bill_download_url")
-        assert self._session is not None
-        answer = await call(self._session, "GET", url, what="download bill", money=False,
+        session, _ = self._session.ready()
+        answer = await call(session, "GET", url, what="download bill", money=False,
                             deadline=self.settings.timeout * 3)
         if answer.status != 200:
             raise TransientError(f"download bill: HTTP {answer.status}")
@@ -173,7 +169,6 @@ class AlipayClient:
     def signed_params(self, method: str, biz: dict[str, Any], *,
                       notify: bool = False) -> dict[str, str]:
         """The common parameters with ``biz_content`` and ``sign``, ready to post."""
-        assert self._creds is not None, "start() first"
         params = {
             "app_id": self.settings.app_id,
             "method": method,
@@ -186,16 +181,15 @@ class AlipayClient:
         }
         if notify and self.settings.notify_url:
             params["notify_url"] = self.settings.notify_url
-        params["sign"] = crypto.sign_params(self._creds.app_key, params)
+        params["sign"] = crypto.sign_params(self._session.keys.app_key, params)
         return params
 
     async def _call(self, method: str, biz: dict[str, Any], *, money: bool,
                     notify: bool = False, accept: tuple[str, ...] = ("10000",)) -> dict[str, Any]:
-        if self._session is None or self._creds is None:
-            raise TransientError("Alipay client is not started")
+        session, keys = self._session.ready()
         body = urlencode(self.signed_params(method, biz, notify=notify)).encode("ascii")
         answer = await call(
-            self._session, "POST", self.settings.gateway_url, what=method, money=money,
+            session, "POST", self.settings.gateway_url, what=method, money=money,
             deadline=self.settings.timeout, data=body,
             headers={"Content-Type": "application/x-www-form-urlencoded;charset=utf-8"})
         doubt = InDoubtError if money else TransientError
@@ -215,7 +209,7 @@ class AlipayClient:
             sign = orjson.loads(raw).get("sign", "")
         except orjson.JSONDecodeError:
             sign = ""
-        if not crypto.verify_response(self._creds.alipay_key, text, str(sign)):
+        if not crypto.verify_response(keys.alipay_key, text, str(sign)):
             log.warning("Alipay answer not verified: method=%s", method)
             raise doubt(f"{method}: answer signature not verified")
         data = _object(text)

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 
 from adapters.alipay import crypto
 from adapters.alipay.settings import AlipayCredentials, AlipaySettings
+from adapters.payments.account import AccountKeys
 from adapters.payments.errors import CallbackRejected
 from adapters.payments.model import EventKind, PaymentEvent
 from adapters.payments.money import AmountError, yuan_to_fen
@@ -26,22 +27,16 @@ class AlipayNotifyVerifier:
     def __init__(self, settings: AlipaySettings,
                  credentials: AlipayCredentials | None = None) -> None:
         self.settings = settings
-        self._creds = credentials
-
-    @property
-    def credentials(self) -> AlipayCredentials:
-        if self._creds is None:
-            self._creds = self.settings.credentials()
-        return self._creds
+        self.keys = AccountKeys(settings.credentials, credentials)
 
     def load(self) -> None:
-        _ = self.credentials
+        self.keys.get()
 
     async def verify(self, request: NotifyRequest) -> PaymentEvent:
         params = _form(request.body)
         if "sign" not in params:
             raise CallbackRejected("missing_signature", "notify without sign")
-        if not crypto.verify_notify(self.credentials.alipay_key, params):
+        if not crypto.verify_notify(self.keys.get().alipay_key, params):
             raise CallbackRejected("bad_signature", f"notify_id {params.get('notify_id', '')[:40]}",
                                    out_trade_no=params.get("out_trade_no") or None)
         no = params.get("out_trade_no", "")

@@ -21,11 +21,11 @@ import time
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
 import orjson
 
 from adapters.mobilepay import crypto
-from adapters.mobilepay.settings import MobilePayCredentials, MobilePaySettings
+from adapters.mobilepay.settings import MobilePaySettings
+from adapters.payments.account import GatewaySession
 from adapters.payments.errors import GatewayRejected
 from adapters.payments.model import (
     Created,
@@ -68,19 +68,13 @@ class MobilePayClient:
 
     def __init__(self, settings: MobilePaySettings) -> None:
         self.settings = settings
-        self._creds: MobilePayCredentials | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._key = b""
+        self._session = GatewaySession("mobile payment", settings.credentials)
 
     async def start(self) -> None:
-        self._creds = self.settings.credentials()
-        self._key = crypto.derive_sm4_key(self.settings.app_id, self._creds.app_secret)
-        self._session = aiohttp.ClientSession()
+        await self._session.open()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._session.close()
 
     # -- orders ----------------------------------------------------------------------------
 
@@ -165,15 +159,13 @@ class MobilePayClient:
 
     async def _call(self, infno: str, data: dict[str, Any], *, what: str,
                     money: bool) -> dict[str, Any]:
-        if self._session is None or self._creds is None:
-            raise TransientError("mobile payment client is not started")
-        creds = self._creds
+        session, creds = self._session.ready()
         envelope = await asyncio.to_thread(
             crypto.seal, app_id=self.settings.app_id, app_secret=creds.app_secret,
             private_hex=creds.private_hex, public_hex=creds.public_hex, data=data,
             timestamp=int(time.time()), version=self.settings.version)
         answer = await call(
-            self._session, "POST", self.settings.base_url.rstrip("/") + self.settings.paths[infno],
+            session, "POST", self.settings.base_url.rstrip("/") + self.settings.paths[infno],
             what=what, money=money, deadline=self.settings.timeout,
             data=orjson.dumps(envelope), headers={"Content-Type": "application/json"})
         doubt = InDoubtError if money else TransientError

@@ -17,6 +17,7 @@ import orjson
 from adapters.mobilepay import crypto
 from adapters.mobilepay.client import fen_of
 from adapters.mobilepay.settings import MobilePayCredentials, MobilePaySettings
+from adapters.payments.account import AccountKeys
 from adapters.payments.errors import CallbackRejected
 from adapters.payments.model import EventKind, PaymentEvent
 from adapters.payments.notify import NotifyAnswer, NotifyRequest
@@ -29,16 +30,10 @@ class MobilePayNotifyVerifier:
     def __init__(self, settings: MobilePaySettings,
                  credentials: MobilePayCredentials | None = None) -> None:
         self.settings = settings
-        self._creds = credentials
-
-    @property
-    def credentials(self) -> MobilePayCredentials:
-        if self._creds is None:
-            self._creds = self.settings.credentials()
-        return self._creds
+        self.keys = AccountKeys(settings.credentials, credentials)
 
     def load(self) -> None:
-        _ = self.credentials
+        self.keys.get()
 
     async def verify(self, request: NotifyRequest) -> PaymentEvent:
         try:
@@ -49,7 +44,7 @@ class MobilePayNotifyVerifier:
             raise CallbackRejected("missing_signature", "not a signed envelope")
         if envelope.get("appId") != self.settings.app_id:
             raise CallbackRejected("wrong_merchant", "notification for another app")
-        creds = self.credentials
+        creds = self.keys.get()
         try:
             data = await asyncio.to_thread(crypto.open_envelope, envelope,
                                            app_secret=creds.app_secret,

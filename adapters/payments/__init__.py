@@ -6,6 +6,7 @@ common to them:
 
 - ``money``: yuan (``Decimal``) / fen (``int``) conversion and card-number masking.
 - ``signing``: RSA key and certificate loading, SHA256withRSA sign / verify.
+- ``account``: an account's keys resolved once, a client's keys and HTTP session.
 - ``errors``: the payment errors (callback refusals, refunds beyond what was paid).
 - ``model``: the normalized order, refund and event records every gateway produces.
 - ``states``: the order state machine (created → paid → refunding → refunded / closed).

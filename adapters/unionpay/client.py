@@ -21,8 +21,7 @@ import re
 import zlib
 from urllib.parse import parse_qsl, urlencode
 
-import aiohttp
-
+from adapters.payments.account import GatewaySession
 from adapters.payments.bills import Bill, BillError
 from adapters.payments.errors import GatewayRejected
 from adapters.payments.model import (
@@ -39,7 +38,7 @@ from adapters.payments.money import AmountError, parse_fen
 from adapters.payments.transport import call
 from adapters.unionpay import crypto
 from adapters.unionpay.bill import parse_bill_file
-from adapters.unionpay.settings import UnionPayCredentials, UnionPaySettings
+from adapters.unionpay.settings import UnionPaySettings
 from engine.errors import InDoubtError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -62,19 +61,15 @@ class UnionPayClient:
 
     def __init__(self, settings: UnionPaySettings) -> None:
         self.settings = settings
-        self._creds: UnionPayCredentials | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._session = GatewaySession("UnionPay", settings.credentials)
         self._base = settings.gateway_url.rstrip("/")
         self._file_base = (settings.file_url or settings.gateway_url).rstrip("/")
 
     async def start(self) -> None:
-        self._creds = self.settings.credentials()
-        self._session = aiohttp.ClientSession()
+        await self._session.open()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._session.close()
 
     # -- orders ----------------------------------------------------------------------------
 
@@ -168,14 +163,14 @@ class UnionPayClient:
     # -- the wire --------------------------------------------------------------------------
 
     def _fields(self, txn_type: str, sub_type: str, extra: dict[str, str]) -> dict[str, str]:
-        assert self._creds is not None, "start() first"
+        keys = self._session.keys
         fields = {
             "version": "5.1.0", "encoding": "UTF-8", "signMethod": "01",
-            "certId": self._creds.cert_id, "txnType": txn_type, "txnSubType": sub_type,
+            "certId": keys.cert_id, "txnType": txn_type, "txnSubType": sub_type,
             "bizType": "000000", "accessType": "0", "channelType": "08",
             "merId": self.settings.mer_id, **extra,
         }
-        fields["signature"] = crypto.sign_fields(self._creds.key, fields)
+        fields["signature"] = crypto.sign_fields(keys.key, fields)
         return fields
 
     async def _query(self, order_id: str, stored_at: float) -> dict[str, str] | None:
@@ -190,10 +185,9 @@ class UnionPayClient:
 
     async def _post(self, path: str, fields: dict[str, str], *, what: str, money: bool,
                     base: str | None = None) -> dict[str, str]:
-        if self._session is None or self._creds is None:
-            raise TransientError("UnionPay client is not started")
+        session, keys = self._session.ready()
         answer = await call(
-            self._session, "POST", (base or self._base) + path, what=what, money=money,
+            session, "POST", (base or self._base) + path, what=what, money=money,
             deadline=self.settings.timeout, data=urlencode(fields).encode("ascii"),
             headers={"Content-Type": "application/x-www-form-urlencoded;charset=UTF-8"})
         doubt = InDoubtError if money else TransientError
@@ -203,7 +197,7 @@ class UnionPayClient:
             data = dict(parse_qsl(answer.body.decode("utf-8"), keep_blank_values=True))
         except (UnicodeDecodeError, ValueError):
             raise doubt(f"{what}: unreadable answer") from None
-        refusal = crypto.check_fields(data, self._creds.roots, self.settings.signer_name)
+        refusal = crypto.check_fields(data, keys.roots, self.settings.signer_name)
         if refusal is not None:
             log.warning("UnionPay answer not verified: call=%s reason=%s", what, refusal)
             raise doubt(f"{what}: answer not verified ({refusal})")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
+from adapters.payments.account import AccountKeys
 from adapters.payments.errors import CallbackRejected
 from adapters.payments.model import EventKind, PaymentEvent
 from adapters.payments.money import AmountError, mask_card, parse_fen
@@ -26,16 +27,10 @@ class UnionPayNotifyVerifier:
     def __init__(self, settings: UnionPaySettings,
                  credentials: UnionPayCredentials | None = None) -> None:
         self.settings = settings
-        self._creds = credentials
-
-    @property
-    def credentials(self) -> UnionPayCredentials:
-        if self._creds is None:
-            self._creds = self.settings.credentials()
-        return self._creds
+        self.keys = AccountKeys(settings.credentials, credentials)
 
     def load(self) -> None:
-        _ = self.credentials
+        self.keys.get()
 
     async def verify(self, request: NotifyRequest) -> PaymentEvent:
         try:
@@ -43,7 +38,7 @@ class UnionPayNotifyVerifier:
         except (UnicodeDecodeError, ValueError):
             raise CallbackRejected("malformed", "notification is not a UTF-8 form") from None
         order_id = fields.get("orderId", "")
-        refusal = crypto.check_fields(fields, self.credentials.roots, self.settings.signer_name)
+        refusal = crypto.check_fields(fields, self.keys.get().roots, self.settings.signer_name)
         if refusal is not None:
             raise CallbackRejected(refusal, f"txnType {fields.get('txnType', '')[:4]}",
                                    out_trade_no=order_id or None)

@@ -15,9 +15,9 @@ import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 import orjson
 
+from adapters.payments.account import GatewaySession
 from adapters.payments.bills import Bill, BillError
 from adapters.payments.errors import GatewayRejected
 from adapters.payments.model import (
@@ -34,7 +34,7 @@ from adapters.payments.signing import sign_sha256
 from adapters.payments.transport import HttpAnswer, call
 from adapters.wechatpay import crypto
 from adapters.wechatpay.bill import parse_trade_bill
-from adapters.wechatpay.settings import WechatPayCredentials, WechatPaySettings
+from adapters.wechatpay.settings import WechatPaySettings
 from engine.errors import InDoubtError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -65,18 +65,14 @@ class WechatPayClient:
 
     def __init__(self, settings: WechatPaySettings) -> None:
         self.settings = settings
-        self._creds: WechatPayCredentials | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._session = GatewaySession("WeChat Pay", settings.credentials)
         self._base = settings.base_url.rstrip("/")
 
     async def start(self) -> None:
-        self._creds = self.settings.credentials()
-        self._session = aiohttp.ClientSession()
+        await self._session.open()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._session.close()
 
     # -- orders ----------------------------------------------------------------------------
 
@@ -184,31 +180,29 @@ class WechatPayClient:
 
     def jsapi_parameters(self, prepay_id: str) -> dict[str, str]:
         """What the payer's page passes to ``WeixinJSBridge`` to pay a JSAPI order."""
-        assert self._creds is not None, "start() first"
         ts = str(int(time.time()))
         nonce = secrets.token_hex(16)
         package = f"prepay_id={prepay_id}"
         message = f"{self.settings.appid}\n{ts}\n{nonce}\n{package}\n"
         return {"appId": self.settings.appid, "timeStamp": ts, "nonceStr": nonce,
                 "package": package, "signType": "RSA",
-                "paySign": sign_sha256(self._creds.merchant_key, message.encode())}
+                "paySign": sign_sha256(self._session.keys.merchant_key, message.encode())}
 
     # -- the wire --------------------------------------------------------------------------
 
     async def _send(self, method: str, path: str, body: str, *, what: str, money: bool,
                     absolute: str | None = None) -> HttpAnswer:
-        if self._session is None or self._creds is None:
-            raise TransientError("WeChat Pay client is not started")
+        session, keys = self._session.ready()
         headers = {
             "Authorization": crypto.authorization(
                 mchid=self.settings.mchid, serial_no=self.settings.merchant_serial,
-                key=self._creds.merchant_key, method=method, canonical_url=path, body=body),
+                key=keys.merchant_key, method=method, canonical_url=path, body=body),
             "Accept": "application/json",
             "User-Agent": "hisbridge-wechatpay/1",
         }
         if body:
             headers["Content-Type"] = "application/json"
-        return await call(self._session, method, absolute or self._base + path, what=what,
+        return await call(session, method, absolute or self._base + path, what=what,
                           money=money, deadline=self.settings.timeout,
                           data=body.encode("utf-8") if body else None, headers=headers)
 
@@ -220,10 +214,9 @@ class WechatPayClient:
         if answer.status >= 500 or answer.status == 429:
             # SYSTEM_ERROR and friends: the request may have been applied.
             raise doubt(f"{what}: HTTP {answer.status} from WeChat Pay")
-        assert self._creds is not None
         signed = crypto.SignedHeaders.from_headers(answer.headers)
         refusal = "unsigned" if signed is None else crypto.check_signature(
-            self._creds.platform, signed, answer.body)
+            self._session.keys.platform, signed, answer.body)
         if refusal is not None:
             log.warning("WeChat Pay answer not verified: call=%s reason=%s", what, refusal)
             raise doubt(f"{what}: answer signature not verified ({refusal})")

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from adapters.payments.account import AccountKeys
 from adapters.payments.errors import CallbackRejected
 from adapters.payments.model import EventKind, PaymentEvent
 from adapters.payments.notify import NotifyAnswer, NotifyRequest
@@ -27,22 +28,16 @@ class WechatPayNotifyVerifier:
     def __init__(self, settings: WechatPaySettings,
                  credentials: WechatPayCredentials | None = None) -> None:
         self.settings = settings
-        self._creds = credentials
-
-    @property
-    def credentials(self) -> WechatPayCredentials:
-        if self._creds is None:
-            self._creds = self.settings.credentials()
-        return self._creds
+        self.keys = AccountKeys(settings.credentials, credentials)
 
     def load(self) -> None:
-        _ = self.credentials
+        self.keys.get()
 
     async def verify(self, request: NotifyRequest) -> PaymentEvent:
         signed = crypto.SignedHeaders.from_headers(request.headers)
         if signed is None:
             raise CallbackRejected("missing_signature", "Wechatpay-* headers missing")
-        refusal = crypto.check_signature(self.credentials.platform, signed, request.body)
+        refusal = crypto.check_signature(self.keys.get().platform, signed, request.body)
         if refusal is not None:
             raise CallbackRejected(refusal, f"serial {signed.serial[:40]}")
         try:
@@ -52,7 +47,7 @@ class WechatPayNotifyVerifier:
             if resource.get("algorithm") != "AEAD_AES_256_GCM":
                 raise CallbackRejected("malformed", "unsupported resource algorithm")
             plain = crypto.decrypt_resource(
-                self.credentials.apiv3_key, str(resource["nonce"]),
+                self.keys.get().apiv3_key, str(resource["nonce"]),
                 str(resource.get("associated_data") or ""), str(resource["ciphertext"]))
         except crypto.DecryptionError:
             raise CallbackRejected("undecryptable", "resource does not decrypt with our key"
