@@ -78,6 +78,20 @@ class Patient:
     insurance_card: str
 
 
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """An insured visit as the HIS knows it once the front desk has registered it with the
+    insurance platform: the person (1101's ``psn_no``, insurance type and insured area) and
+    the insurance visit (2201's ``mdtrt_id``). The HIS sends these with every message of the
+    visit (see ``simulators.hl7_messages``)."""
+
+    psn_no: str
+    mdtrt_id: str
+    insutype: str  # 310 employees, 390 residents ...
+    insuplc_admdvs: str  # the insured area (6 digits)
+    insutype_name: str = ""
+
+
 @dataclass
 class Visit:
     number: str
@@ -87,6 +101,7 @@ class Visit:
     doctor: tuple[str, str, str]
     bed: str = ""
     started: datetime = field(default_factory=datetime.now)
+    coverage: Coverage | None = None  # an insured visit; None: self-pay
 
 
 @dataclass
