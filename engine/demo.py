@@ -6,9 +6,13 @@ engine, then plays the hospital:
 - the HIS streams ADT and DFT^P03 traffic into the first MLLP source (patients and visits go
   to the FHIR server, charge lines become ChargeItems, paid batches get an e-invoice, and the
   clinical data repository receives a copy of everything);
-- the front desk settles insured outpatients (``simulators.front_desk.InsuranceDesk``: 9001,
-  1101, 2201, 2204 directly, then a FHIR Claim to the engine, which runs 2206 → 2207 → a
-  ClaimResponse to the HIS);
+- insured outpatients (``InsuredOutpatients``): the front desk registers each visit with the
+  insurance platform (``simulators.front_desk.InsuranceDesk``: 9001, 1101, 2201), the HIS
+  sends the visit's registration and charges over MLLP with the insurance visit in PV1-50
+  and the insured person in PID-3, the engine uploads the fees (2204, the ``nhsa``
+  destination on the HIS channel); once the platform holds them the desk posts a FHIR Claim
+  for exactly those fees, which the engine runs through 2206 → 2207 → a ClaimResponse to
+  the HIS;
 - patients pay by WeChat Pay (``PaymentDesk``) and one payment is partly refunded; the
   gateway's notifications flow through the ``payment_notify`` channel to the HIS as
   PaymentNotices.
@@ -29,7 +33,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +49,8 @@ from adapters.payments.store import PaymentStore
 from engine.config import ChannelConfig, Config
 from engine.demo_report import HisTally, Report
 from engine.runtime import Engine
-from simulators.front_desk import InsuranceDesk, PaymentDesk
-from simulators.his import HisSender, traffic
+from simulators.front_desk import InsuranceDesk, InsuredVisit, PaymentDesk
+from simulators.his import HisSender, outpatient_visit, traffic
 from simulators.peers import Peers, start_peers
 
 # -- progress ------------------------------------------------------------------------------
@@ -155,8 +161,59 @@ async def _paced(count: int | None, plan: Plan, step: Any, failures: list[str],
             await asyncio.wait_for(plan.stop.wait(), pause)
 
 
-async def run_insurance(desk: InsuranceDesk, plan: Plan) -> None:
-    await _paced(plan.settlements, plan, desk.settle_request, desk.failures, 2.0)
+@dataclass
+class InsuredOutpatients:
+    """Insured outpatients, end to end through the engine, one visit per ``visit()``:
+
+    1. the front desk registers the visit with the insurance platform (1101, 2201);
+    2. the HIS sends the registration (ADT^A04) and the charges (DFT^P03) over MLLP, with the
+       insurance visit in PV1-50 and the insured person in PID-3 (``SN``);
+    3. the engine uploads the fees (2204) through the HIS channel's ``nhsa`` destination;
+    4. once the platform holds every line of the batch, the desk posts the settle request
+       for exactly those fees (Claim → 2206 → 2207 → ClaimResponse).
+
+    Waiting for step 3 by reading the platform's fee lines is the demo's shortcut for what a
+    cashier sees as "fees uploaded" on the HIS screen.
+    """
+
+    desk: InsuranceDesk
+    his: HisSender
+    peers: Peers
+    tally: HisTally
+    on_ack: Callable[[str, str, float], None] | None = None
+    facility: str = "SYFYY"
+    fee_wait: float = 30.0
+
+    async def visit(self) -> InsuredVisit:
+        insured = await self.desk.register()
+        messages = outpatient_visit(insured.patient, insured.visit, insured.charges,
+                                    batch=insured.batch, facility=self.facility)
+        for text in messages:
+            self.tally.add(text)
+        sent = await self.his.send(messages, on_ack=self.on_ack)
+        if sent.count("AA") != len(messages):
+            raise RuntimeError(f"batch {insured.batch}: the engine did not accept the HIS "
+                               f"messages ({sent.acks}, {sent.errors[:2]})")
+        await self.desk.settle(insured, await self.uploaded(insured))
+        return insured
+
+    async def uploaded(self, insured: InsuredVisit) -> Decimal:
+        """The batch's total once the platform holds all its lines."""
+        deadline = time.monotonic() + self.fee_wait
+        while True:
+            held = [f for f in self.peers.insurance_fees(insured.coverage.mdtrt_id)
+                    if f.chrg_bchno == insured.batch]
+            if len(held) >= len(insured.charges):
+                return sum((f.amount for f in held), Decimal("0.00"))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"batch {insured.batch}: {len(held)} of "
+                                   f"{len(insured.charges)} fee lines at the platform after "
+                                   f"{self.fee_wait:g} s")
+            await asyncio.sleep(0.05)
+
+
+async def run_insurance(flow: InsuredOutpatients, plan: Plan) -> None:
+    await _paced(plan.settlements, plan, flow.visit, flow.desk.failures, 2.0)
 
 
 async def run_payments(desk: PaymentDesk, plan: Plan, peers: Peers) -> None:
@@ -270,7 +327,9 @@ async def _run(config: Config, engine: Engine, peers: Peers, his_channel: Channe
         work: list[asyncio.Task[Any]] = [
             asyncio.create_task(sender.send(messages, rate=rate, on_ack=progress.on_ack))]
         if insurance is not None:
-            work.append(asyncio.create_task(run_insurance(insurance, plan)))
+            flow = InsuredOutpatients(insurance, HisSender(host, port), peers, tally,
+                                      progress.on_ack)
+            work.append(asyncio.create_task(run_insurance(flow, plan)))
         if payments is not None:
             work.append(asyncio.create_task(run_payments(payments, plan, peers)))
         tasks += work

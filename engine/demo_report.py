@@ -3,8 +3,8 @@ peers hold, and whether every flow adds up (counts and amounts to the cent).
 
 ``HisTally`` counts the HIS traffic as it leaves; ``Report.gather`` reads the engine's
 metrics and asks each simulator (the FHIR server's store, the e-invoice platform's
-``/_control/bills``, the insurance platform's ``/control/settlements``, the payment store)
-and lists every mismatch in ``problems``.
+``/_control/bills``, the insurance platform's fee lines and ``/control/settlements``, the
+payment store) and lists every mismatch in ``problems``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class HisTally:
     visits: set[str] = field(default_factory=set)
     charge_lines: set[str] = field(default_factory=set)
     paid_batches: dict[str, Decimal] = field(default_factory=dict)  # busNo → amount
+    # Charge batches of insured visits (PV1-50 set): batch → amount, and their lines.
+    insured_batches: dict[str, Decimal] = field(default_factory=dict)
+    insured_lines: set[str] = field(default_factory=set)
 
     def watch(self, messages: Iterable[str], stop: asyncio.Event) -> Iterator[str]:
         for text in messages:
@@ -62,9 +65,17 @@ class HisTally:
             if msg.get("PV1", 19):
                 self.visits.add(msg.get("PV1", 19))
         elif kind.startswith("DFT"):
+            insured = bool(msg.get("PV1", 50))
+            charged = Decimal("0.00")
             for n in range(1, len(msg.segment_indexes("FT1")) + 1):
                 if msg.get("FT1", 6, occurrence=n) != "PY":
                     self.charge_lines.add(msg.get("FT1", 2, occurrence=n))
+                    if insured:
+                        self.insured_lines.add(msg.get("FT1", 2, occurrence=n))
+                        charged += Decimal(msg.get("FT1", 11, occurrence=n))
+            if insured:
+                batch = msg.get("FT1", 3, occurrence=1) or msg.control_id
+                self.insured_batches[batch] = charged
             if msg.get("PV1", 49):
                 batch = msg.get("FT1", 3, occurrence=1) or msg.control_id
                 self.paid_batches[f"DFT-{batch}"] = Decimal(msg.get("PV1", 49))
@@ -112,7 +123,7 @@ class Report:
         report._his(tally, peers)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             await report._einvoice(tally, peers, http)
-            await report._insurance(config, insurance, peers, http)
+            await report._insurance(config, insurance, peers, tally, http)
         await report._payments(payments, peers)
         for row in rows:
             if row["dead_lettered"]:
@@ -175,8 +186,27 @@ class Report:
         return sum(r["delivered"] for r in self.rows
                    if (r["channel"], r["destination"]) in names)
 
+    def _fees(self, config: Config, peers: Peers, tally: HisTally) -> list[tuple[bool, str]]:
+        """The insured visits' charges: sent by the HIS, uploaded (2204) by the engine, held
+        by the platform; every line once, to the cent."""
+        held = peers.insurance_fees()
+        sent = sum(tally.insured_batches.values(), Decimal("0.00"))
+        uploaded = sum((f.amount for f in held), Decimal("0.00"))
+        self.insurance.update({
+            "fee_batches": len(tally.insured_batches), "fee_lines": len(tally.insured_lines),
+            "fees_charged": sent, "fee_uploads": self._delivered_by_nhsa(config, "2204"),
+            "fee_lines_held": len(held), "fees_held": uploaded})
+        return [
+            (self.insurance["fee_uploads"] == len(tally.insured_batches),
+             f"{len(tally.insured_batches)} insured charge batches, "
+             f"{self.insurance['fee_uploads']} fee uploads (2204)"),
+            (len(held) == len(tally.insured_lines) and uploaded == sent,
+             f"the platform holds {len(held)} fee lines ({uploaded}); the HIS charged "
+             f"{len(tally.insured_lines)} ({sent})"),
+        ]
+
     async def _insurance(self, config: Config, desk: InsuranceDesk | None, peers: Peers,
-                         http: aiohttp.ClientSession) -> None:
+                         tally: HisTally, http: aiohttp.ClientSession) -> None:
         if desk is None:
             return
         settled: list[dict[str, Any]] = []
@@ -194,7 +224,8 @@ class Report:
                 if code in answered:
                     answered[code] += Decimal(str(total["amount"]["value"]))
         requested = sum((r.total for r in desk.requests if r.accepted), Decimal("0.00"))
-        self.insurance = {
+        checks = self._fees(config, peers, tally)
+        self.insurance |= {
             "requests": len(desk.requests), "requested": requested,
             "failures": list(desk.failures),
             "presettlements": self._delivered_by_nhsa(config, "2206"),
@@ -202,7 +233,9 @@ class Report:
             "settlements": len(settled), **sums,
             "claim_responses": len(responses), "responses_submitted": answered["submitted"],
             "responses_benefit": answered["benefit"], "responses_copay": answered["copay"]}
-        checks = [
+        checks += [
+            (self.insurance["fees_held"] == requested,
+             f"fees at the platform {self.insurance['fees_held']} vs requested {requested}"),
             (len(settled) == len(desk.requests) == len(responses)
              == self.insurance["presettlements"] == self.insurance["settle_calls"],
              f"{len(desk.requests)} settle requests, {self.insurance['presettlements']} "
@@ -284,6 +317,11 @@ class Report:
                          f"batches ({_yuan(e['invoiced'])} invoiced of {_yuan(e['paid'])} paid)")
         i = self.insurance
         if i:
+            lines.append(f"insurance fees: {i['fee_batches']} insured charge batches from the "
+                         f"HIS ({i['fee_lines']} lines, {_yuan(i['fees_charged'])}) → "
+                         f"{i['fee_uploads']} uploads (2204) by the engine → "
+                         f"{i['fee_lines_held']} fee lines at the platform "
+                         f"({_yuan(i['fees_held'])})")
             lines.append(f"insurance: {i['requests']} settle requests ({_yuan(i['requested'])})"
                          f" → {i['presettlements']} pre-settlements (2206) → "
                          f"{i['settlements']} settlements (2207) → {i['claim_responses']} "

@@ -1,12 +1,15 @@
-"""The hospital's front desk as the demo plays it: insured outpatients settling their bill, and
-self-paying patients paying by WeChat Pay.
+"""The hospital's front desk as the demo plays it: insured outpatients registering and
+settling their bill, and self-paying patients paying by WeChat Pay.
 
 ``InsuranceDesk`` does what the HIS cashier's workstation does with the national insurance
-platform before it asks the engine to settle: it signs in (9001), looks the patient up by
-card (1101), registers the visit (2201) and uploads the fees (2204), all directly with the
-nhsa client. Then it keeps the settle request as a FHIR Claim on the HIS's FHIR server and
-posts the same Claim to the engine's settle channel, which pre-settles (2206), settles (2207)
-and answers the HIS with a ClaimResponse.
+platform directly: it signs in (9001), looks the patient up by card (1101) and registers the
+visit (2201). From then on the HIS knows the insurance visit (``mdtrt_id``) and the insured
+person (``psn_no``) and sends them with the visit's messages (``Visit.coverage``; see
+``simulators.hl7_messages``): the charges go to the engine as a DFT^P03 batch, and the
+engine uploads them (2204). When the fees are at the platform the desk keeps the settle
+request as a FHIR Claim on the HIS's FHIR server and posts the same Claim to the engine's
+settle channel, which pre-settles (2206), settles (2207) and answers the HIS with a
+ClaimResponse.
 
 ``PaymentDesk`` creates WeChat Pay orders through ``PaymentService`` (the kiosk shows the QR
 code), lets the simulated payer pay, and refunds part of an order; the gateway's
@@ -19,12 +22,13 @@ invented amounts. Nothing identifying is logged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +42,7 @@ from adapters.payments.service import PaymentService
 from adapters.payments.store import PaymentStore
 from adapters.wechatpay.client import WechatPayClient
 from adapters.wechatpay.settings import WechatPaySettings
+from simulators.patients import Charge, Coverage, Patient, PatientFactory, Visit
 from simulators.payments.control import SimControl
 
 # Seeded persons of the insurance simulator, by social-security card (mdtrt_cert_type 03):
@@ -45,22 +50,44 @@ from simulators.payments.control import SimControl
 # short (docs/insurance.md, "Seeded persons").
 CARDS = ("D44039900001", "D44039900002", "D44039900003", "D44039900004")
 
-# (national catalogue code, hospital code, price, quantities): an outpatient bill's lines.
-CONSULTATION = ("001102000010000", "110200001", Decimal("10.00"), (1,))
+# (hospital code, name, national catalogue code, price, quantities): an outpatient bill's
+# lines, coded the way the platform's catalogue knows them.
+CONSULTATION = ("110200001", "普通门诊诊查费", "001102000010000", Decimal("10.00"), (1,))
 FEE_ITEMS = (
-    ("002501000010000", "250101001", Decimal("20.00"), (1,)),             # blood count
-    ("XJ01CAA040A001010100001", "X0207", Decimal("0.55"), (12, 24)),      # above the ceiling
-    ("XP01ABJ023A001010104463", "X0101", Decimal("1.80"), (6, 12)),
-    ("003105130010000", "310513001", Decimal("180.00"), (1,)),            # class B
-    ("C14010203200100000118", "M0035", Decimal("12.50"), (1,)),
-    ("XC07ABM070A001020100002", "X0715", Decimal("2.50"), (14, 28)),
-    ("XN99ZZZ999Z999999999999", "X9901", Decimal("88.00"), (1,)),         # class C, self-paid
+    ("250101001", "血常规", "002501000010000", Decimal("20.00"), (1,)),
+    ("X0207", "阿莫西林胶囊", "XJ01CAA040A001010100001", Decimal("0.55"), (12, 24)),  # > ceiling
+    ("X0101", "甲硝唑片", "XP01ABJ023A001010104463", Decimal("1.80"), (6, 12)),
+    ("310513001", "根管治疗术(单根管)", "003105130010000", Decimal("180.00"), (1,)),  # class B
+    ("M0035", "一次性口腔检查盘", "C14010203200100000118", Decimal("12.50"), (1,)),
+    ("X0715", "美托洛尔缓释片", "XC07ABM070A001020100002", Decimal("2.50"), (14, 28)),
+    ("X9901", "进口营养补充剂", "XN99ZZZ999Z999999999999", Decimal("88.00"), (1,)),  # class C
 )
 DEPARTMENTS = (("KQNK", "口腔内科", "A12"), ("XNK", "心内科", "A03.04"), ("HXK", "呼吸内科",
                                                                      "A03.01"))
-DOCTORS = (("D0217", "刘建国"), ("D1045", "黄伟"), ("D0333", "孙丽"))
+DOCTORS = (("D0217", "刘", "建国"), ("D1045", "黄", "伟"), ("D0333", "孙", "丽"))
 
 NHSA = "urn:hisbridge:nhsa"
+
+
+@dataclass(frozen=True, slots=True)
+class InsuredVisit:
+    """An insured outpatient registered with the platform (1101, 2201), and the charges the
+    HIS sends for the visit as one DFT^P03 batch (``batch``, FT1-3)."""
+
+    card: str
+    patient: Patient
+    visit: Visit
+    charges: list[Charge]
+    batch: str
+
+    @property
+    def coverage(self) -> Coverage:
+        assert self.visit.coverage is not None
+        return self.visit.coverage
+
+    @property
+    def total(self) -> Decimal:
+        return sum((c.amount for c in self.charges), Decimal("0.00"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +102,7 @@ class SettleRequest:
 
 
 class InsuranceDesk:
-    """Insured outpatients at the cashier, one settle request at a time.
+    """Insured outpatients at the cashier: ``register`` a visit, then ``settle`` it.
 
     Args:
         nhsa: the settle channel's nhsa destination (platform URL, institution, gateway).
@@ -94,6 +121,8 @@ class InsuranceDesk:
         self.failures: list[str] = []
         self._seq = itertools.count(1)
         self._run = f"{datetime.now():%H%M%S}{secrets.randbelow(100):02d}"
+        self._people = PatientFactory(seed)
+        self._patients: dict[str, Patient] = {}  # the HIS's record of each card holder
         self._client: NhsaClient | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -115,61 +144,81 @@ class InsuranceDesk:
                                         time_limit=10.0)
         return reply.output
 
-    async def settle_request(self) -> SettleRequest:
-        """Visit, fees, Claim: one insured outpatient asks to settle."""
-        assert self._http is not None
+    async def register(self) -> InsuredVisit:
+        """An insured outpatient at the window: person lookup (1101) and visit (2201).
+
+        Returns the visit with its coverage and the charges the doctor will order; the HIS
+        sends them (``simulators.his.outpatient_visit``), the engine uploads them.
+        """
         n = next(self._seq)
         card = CARDS[(n - 1) % len(CARDS)]
         info = await self._call("1101", {"data": {"mdtrt_cert_type": "03",
                                                   "mdtrt_cert_no": card}})
-        psn_no = info["baseinfo"]["psn_no"]
+        base = info["baseinfo"]
+        psn_no = base["psn_no"]
         insurance = info["insuinfo"][0]
         insutype, area = insurance["insutype"], insurance["insuplc_admdvs"]
         dept_code, dept_name, caty = self.rng.choice(DEPARTMENTS)
-        doctor_code, doctor_name = self.rng.choice(DOCTORS)
+        doctor = self.rng.choice(DOCTORS)
         now = datetime.now()
+        number = f"MZ{now:%Y%m%d}{self._run}{n:04d}"  # the HIS outpatient number
         visit = await self._call("2201", {"data": {
             "psn_no": psn_no, "insutype": insutype, "begntime": f"{now:%Y-%m-%d %H:%M:%S}",
-            "mdtrt_cert_type": "03", "mdtrt_cert_no": card,
-            "ipt_otp_no": f"MZ{now:%Y%m%d}{self._run}{n:04d}", "atddr_no": doctor_code,
-            "dr_name": doctor_name, "dept_code": dept_code, "dept_name": dept_name,
-            "caty": caty}}, area)
-        mdtrt_id = visit["data"]["mdtrt_id"]
+            "mdtrt_cert_type": "03", "mdtrt_cert_no": card, "ipt_otp_no": number,
+            "atddr_no": doctor[0], "dr_name": doctor[1] + doctor[2], "dept_code": dept_code,
+            "dept_name": dept_name, "caty": caty}}, area)
+        coverage = Coverage(psn_no=psn_no, mdtrt_id=visit["data"]["mdtrt_id"],
+                            insutype=insutype, insuplc_admdvs=area)
         batch = f"B{now:%Y%m%d}{self._run}{n:04d}"
         lines = [CONSULTATION, *self.rng.sample(FEE_ITEMS, self.rng.randrange(1, 4))]
-        feedetail = []
-        for i, (code, hospital_code, price, quantities) in enumerate(lines, start=1):
-            count = self.rng.choice(quantities)
-            feedetail.append({
-                "feedetl_sn": f"{batch}-{i}", "mdtrt_id": mdtrt_id, "psn_no": psn_no,
-                "chrg_bchno": batch, "rx_circ_flag": "0",
-                "fee_ocur_time": f"{now:%Y-%m-%d %H:%M:%S}", "med_list_codg": code,
-                "medins_list_codg": hospital_code, "det_item_fee_sumamt": price * count,
-                "cnt": Decimal(count), "pric": price, "bilg_dept_codg": dept_code,
-                "bilg_dept_name": dept_name, "bilg_dr_codg": doctor_code,
-                "bilg_dr_name": doctor_name, "hosp_appr_flag": "1"})
-        await self._call("2204", {"feedetail": feedetail}, area)
-        total = sum((line["det_item_fee_sumamt"] for line in feedetail), Decimal("0.00"))
+        charges = [Charge(code, name, national, price, self.rng.choice(quantities),
+                          transaction_id=f"{batch}-{i}")
+                   for i, (code, name, national, price, quantities) in enumerate(lines, start=1)]
+        return InsuredVisit(
+            card=card, patient=self._patient(card, base),
+            visit=Visit(number=number, kind="O", dept_code=dept_code, dept_name=dept_name,
+                        doctor=doctor, started=now, coverage=coverage),
+            charges=charges, batch=batch)
+
+    def _patient(self, card: str, base: dict[str, Any]) -> Patient:
+        """The HIS's patient record of a card holder: one medical record number per person,
+        identity as the platform knows it."""
+        if card not in self._patients:
+            name = str(base.get("psn_name") or "")
+            self._patients[card] = dataclasses.replace(
+                self._people.patient(), family=name[:1], given=name[1:],
+                sex="F" if base.get("gend") == "2" else "M",
+                birth=date.fromisoformat(str(base["brdy"])), id_card=str(base["certno"]),
+                insurance_card=card)
+        return self._patients[card]
+
+    async def settle(self, insured: InsuredVisit, fees: Decimal) -> SettleRequest:
+        """Ask the engine to settle the visit's batch: ``fees`` is what the platform holds
+        for it (what the engine uploaded), the Claim's total."""
+        assert self._http is not None
+        coverage = insured.coverage
+        now = datetime.now()
         # The settle request's own number: unique across runs, since the engine keeps every
         # message it received (and drops a repeated Idempotency-Key as a duplicate).
-        claim_id = f"settle-{now:%Y%m%d}{self._run}{n:04d}"
-        claim = _claim(claim_id, psn_no=psn_no, card=card, insutype=insutype,
-                       mdtrt_id=mdtrt_id, batch=batch, total=total, created=now)
+        claim_id = f"settle-{insured.batch[1:]}"
+        claim = _claim(claim_id, psn_no=coverage.psn_no, card=insured.card,
+                       insutype=coverage.insutype, mdtrt_id=coverage.mdtrt_id,
+                       batch=insured.batch, total=fees, created=now)
         body = encode_json(claim)
         fhir_headers = {"Content-Type": "application/fhir+json"}
         # The HIS keeps its settle request; the ClaimResponse will point at it.
         await self._keep_claim(claim_id, body)
-        headers = {**fhir_headers, "Idempotency-Key": claim_id, "mdtrt_cert_no": card,
-                   "chrg_bchno": batch, "insuplc_admdvs": area,
+        headers = {**fhir_headers, "Idempotency-Key": claim_id,
+                   "mdtrt_cert_no": insured.card, "chrg_bchno": insured.batch,
+                   "insuplc_admdvs": coverage.insuplc_admdvs,
                    "claim_reference": f"Claim/{claim_id}"}
         async with self._http.post(self.claims_url, data=body, headers=headers) as r:
             accepted = 200 <= r.status < 300
             if not accepted:
                 self.failures.append(f"{claim_id}: HTTP {r.status}")
-        request = SettleRequest(claim_id, mdtrt_id, batch, total, accepted)
+        request = SettleRequest(claim_id, coverage.mdtrt_id, insured.batch, fees, accepted)
         self.requests.append(request)
         return request
-
 
     async def _keep_claim(self, claim_id: str, body: bytes, attempts: int = 20) -> None:
         """PUT the Claim on the HIS's FHIR server, retrying while it is unavailable."""

@@ -23,7 +23,7 @@ from adapters.mllp import END, START, FrameReader
 from engine.errors import RejectedInput
 from engine.hl7 import build_ack, parse
 from simulators.hl7_messages import adt, dft
-from simulators.patients import PatientFactory
+from simulators.patients import Charge, Patient, PatientFactory, Visit
 
 
 def traffic(seed: int | None = None, *, facility: str = "SYFYY",
@@ -50,6 +50,16 @@ def traffic(seed: int | None = None, *, facility: str = "SYFYY",
         yield dft(p, v, charges, facility=facility, payment=payment, batch=f"B{v.number[1:]}01")
         if v.kind == "I" and rng.random() < 0.5:
             yield adt("A03", p, v, facility=facility)
+
+
+def outpatient_visit(p: Patient, v: Visit, charges: list[Charge], *, batch: str,
+                     facility: str = "SYFYY") -> list[str]:
+    """What the HIS sends for one outpatient visit the front desk registered: the
+    registration (ADT^A04) and the visit's charges as one unpaid DFT^P03 batch. For an
+    insured visit (``v.coverage``) both carry the insurance visit and person (PV1-50, PID-3
+    ``SN``, IN1), so the engine can upload the fees to the insurance platform (2204)."""
+    return [adt("A04", p, v, facility=facility),
+            dft(p, v, charges, facility=facility, batch=batch)]
 
 
 @dataclass

@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -93,6 +94,16 @@ def _loopback(host: str | None, what: str) -> str:
     return host or "127.0.0.1"
 
 
+@dataclass(frozen=True, slots=True)
+class FeeLine:
+    """One fee line an insurance platform holds (its ``det_item_fee_sumamt`` as ``amount``)."""
+
+    mdtrt_id: str
+    feedetl_sn: str
+    chrg_bchno: str
+    amount: Decimal
+
+
 @dataclass
 class Peers:
     """The running simulators, by kind and address."""
@@ -121,6 +132,17 @@ class Peers:
             await insurer.close()
         for wechat in self.wechatpay.values():
             await wechat.stop()
+
+    def insurance_fees(self, mdtrt_id: str | None = None) -> list[FeeLine]:
+        """The fee lines the insurance platforms hold (every visit's, or one visit's): what
+        was uploaded to them (2204, 2301), read from the simulators' own stores."""
+        where, args = ("WHERE mdtrt_id = ?", (mdtrt_id,)) if mdtrt_id else ("", ())
+        return [FeeLine(str(r["mdtrt_id"]), str(r["feedetl_sn"]), str(r["chrg_bchno"] or ""),
+                        Decimal(str(r["sumamt"])))
+                for sim in self.insurance.values()
+                for r in sim.store.all(
+                    f"SELECT mdtrt_id, feedetl_sn, chrg_bchno, sumamt FROM fee {where}"  # noqa: S608
+                    " ORDER BY mdtrt_id, feedetl_sn", *args)]
 
     async def fault(self, seconds: float, status: int = 503) -> int:
         """Every FHIR server answers ``status`` for ``seconds``; returns how many."""

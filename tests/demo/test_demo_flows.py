@@ -1,7 +1,8 @@
 """`hisbridge demo --count N` on the repository's config.toml (ports remapped), run once as the
 README runs it, then each flow checked against what the simulators held: HIS → FHIR and the
-CDR, paid batches → e-invoices, settle requests → 2206 → 2207 → ClaimResponses, WeChat Pay
-notifications → PaymentNotices. All over real sockets, in a subprocess."""
+CDR, paid batches → e-invoices, insured visits' charges → the engine's 2204 uploads → the
+platform's fee lines, settle requests for those fees → 2206 → 2207 → ClaimResponses, WeChat
+Pay notifications → PaymentNotices. All over real sockets, in a subprocess."""
 
 from __future__ import annotations
 
@@ -59,11 +60,17 @@ def money(value: Any) -> Decimal:
     return Decimal(str(value))
 
 
+def his_total(demo: DemoRun) -> int:
+    """Everything the HIS sent: the --count stream plus each insured visit's A04 and DFT."""
+    return COUNT + 2 * int(demo.summary["insurance"]["fee_batches"])
+
+
 def test_the_demo_ends_by_itself_and_every_flow_adds_up(demo: DemoRun) -> None:
     assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-3000:]
     assert demo.summary["problems"] == []
     assert "every flow adds up" in demo.stdout
-    assert demo.summary["received"]["his-inbound"] == COUNT
+    assert demo.summary["received"]["his-inbound"] == his_total(demo)
+    assert sum(demo.summary["his"]["messages"].values()) == his_total(demo)
     assert (demo.summary["duplicates"], demo.summary["refused"],
             demo.summary["mapping_errors"]) == (0, 0, 0)
     for row in demo.summary["destinations"]:
@@ -79,13 +86,35 @@ def test_patients_visits_and_charges_reach_the_fhir_server(demo: DemoRun) -> Non
     his, fhir = demo.summary["his"], demo.summary["fhir"]
     adt = sum(n for kind, n in his["messages"].items() if kind.startswith("ADT"))
     dft = his["messages"]["DFT^P03"]
-    assert adt + dft == COUNT
+    assert adt + dft == his_total(demo)
     assert fhir["Patient"] == his["patients"] > 0
     assert fhir["Encounter"] == his["visits"] > 0
     assert fhir["ChargeItem"] == his["charge_lines"] > 0
     assert demo.row("his-inbound", "fhir")["delivered"] == adt
     assert demo.row("his-inbound", "fhir-charges")["delivered"] == dft
-    assert demo.row("his-inbound", "cdr")["delivered"] == his["cdr_copies"] == COUNT
+    assert demo.row("his-inbound", "cdr")["delivered"] == his["cdr_copies"] == his_total(demo)
+
+
+def test_insured_charges_reach_the_platform_through_the_engine_to_the_cent(
+        demo: DemoRun) -> None:
+    i = demo.summary["insurance"]
+    n = i["requests"]
+    # One DFT^P03 per insured visit, uploaded once by the HIS channel's nhsa destination.
+    assert i["fee_batches"] == i["fee_uploads"] == n >= 3
+    assert demo.row("his-inbound", "nhsa-fees")["delivered"] == n
+    # Every line the HIS charged is at the platform once, to the cent; the Claims asked for
+    # exactly those fees and the platform settled exactly them.
+    assert i["fee_lines_held"] == i["fee_lines"] >= n
+    held = money(i["fees_held"])
+    assert held == money(i["fees_charged"]) == money(i["requested"]) > 0
+    assert held == money(i["medfee_sumamt"])
+    # Self-pay batches (no PV1-50) went nowhere near the platform.
+    dft = demo.summary["his"]["messages"]["DFT^P03"]
+    assert dft > n
+    assert f"insurance fees: {n} insured charge batches from the HIS ({i['fee_lines']} " \
+        "lines" in demo.stdout
+    assert f"→ {n} uploads (2204) by the engine → {i['fee_lines']} fee lines at the platform" \
+        in demo.stdout
 
 
 def test_each_paid_batch_gets_exactly_one_einvoice(demo: DemoRun) -> None:

@@ -21,7 +21,7 @@ from tests.conftest import REPO
 from tests.demo.demo_config import remapped_config
 from tests.mllp_client import MllpClient
 
-SECRETS = 6  # the e-invoice key, two nhsa gateway tokens, three WeChat Pay key files
+SECRETS = 7  # the e-invoice key, three nhsa gateway tokens, three WeChat Pay key files
 
 
 def fresh_env() -> dict[str, str]:
