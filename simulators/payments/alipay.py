@@ -15,9 +15,6 @@ Run alone: ``python -m simulators.payments.alipay --port 8702`` (``main(argv)``)
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import csv
 import io
 import json
@@ -39,13 +36,14 @@ from adapters.alipay.bill import DETAIL_COLUMNS
 from adapters.payments.money import AmountError, fen_to_yuan, format_yuan, yuan_to_fen
 from adapters.payments.signing import load_public_key, new_private_key, private_pem, public_pem
 from simulators.payments.core import (
-    Faults,
-    Notifier,
     SimError,
     SimServer,
     china_now,
+    command_line,
     drop_connection,
-    run_forever,
+    run_until_interrupted,
+    serve_until_cancelled,
+    write_key_files,
 )
 
 RETRY_SCHEDULE = [240, 600, 600, 3600, 7200, 21600, 54000]
@@ -95,10 +93,10 @@ class AlipaySimulator:
         self.ledger: list[Entry] = []
         self.counts = {"calls": 0, "orders_created": 0, "charges": 0, "refunds_created": 0,
                        "query_calls": 0, "refused_signatures": 0}
-        self.faults = Faults()
-        self.notifier = Notifier(RETRY_SCHEDULE, time_factor, self.faults,
-                                 lambda status, body: body.strip() == b"success")
-        self.server = SimServer("alipay", self, self.faults, self.notifier)
+        self.server = SimServer.for_gateway(
+            "alipay", self, schedule=RETRY_SCHEDULE, time_factor=time_factor,
+            accepted=lambda status, body: body.strip() == b"success")
+        self.faults, self.notifier = self.server.faults, self.server.notifier
         self._bills: dict[str, str] = {}
         self.server.app.router.add_post("/gateway.do", self._gateway)
         self.server.app.router.add_get("/bill/download", self._download)
@@ -118,15 +116,12 @@ class AlipaySimulator:
         return self.url + "/gateway.do"
 
     def write_keys(self, directory: Path) -> dict[str, Path]:
-        directory.mkdir(parents=True, exist_ok=True)
-        files = {"alipay_public_key": directory / "alipay_public.pem"}
-        files["alipay_public_key"].write_text(public_pem(self.alipay_key.public_key()))
+        contents = {"alipay_public_key": ("alipay_public.pem",
+                                          public_pem(self.alipay_key.public_key()))}
         if self.demo_app_key is not None:
-            files["app_private_key"] = directory / "alipay_app_private.pem"
-            files["app_private_key"].write_text(private_pem(self.demo_app_key))
-        for path in files.values():
-            path.chmod(0o600)
-        return files
+            contents["app_private_key"] = ("alipay_app_private.pem",
+                                           private_pem(self.demo_app_key))
+        return write_key_files(directory, contents)
 
     # -- the wire --------------------------------------------------------------------------
 
@@ -455,25 +450,17 @@ async def serve(host: str = "127.0.0.1", port: int = 8702, *, keys_dir: Path | N
                 time_factor: float = 1.0, app_public_key_pem: str | None = None) -> None:
     sim = AlipaySimulator(app_public_key=load_public_key(app_public_key_pem)
                           if app_public_key_pem else None, time_factor=time_factor)
-    if keys_dir is not None:
-        for name, path in sim.write_keys(keys_dir).items():
-            print(f"{name}: {path}", flush=True)
-    await run_forever(sim.server, host, port)
+    await serve_until_cancelled(sim, host, port, keys_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``hisbridge simulate alipay``."""
-    parser = argparse.ArgumentParser(prog="hisbridge simulate alipay")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8702)
-    parser.add_argument("--keys-dir", type=Path, default=Path("sim-keys"))
-    parser.add_argument("--time-factor", type=float, default=1.0)
+    parser = command_line("alipay", port=8702)
     parser.add_argument("--app-public-key", type=Path)
     args = parser.parse_args(argv)
     pem = args.app_public_key.read_text() if args.app_public_key else None
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, keys_dir=args.keys_dir,
-                          time_factor=args.time_factor, app_public_key_pem=pem))
+    run_until_interrupted(serve(args.host, args.port, keys_dir=args.keys_dir,
+                                time_factor=args.time_factor, app_public_key_pem=pem))
 
 
 if __name__ == "__main__":

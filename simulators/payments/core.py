@@ -16,17 +16,22 @@ aiohttp app. This module gives it:
   ``GET /_sim/bill-totals?date=YYYY-MM-DD``, ``GET /_sim/keys`` (public keys and
   certificates), ``POST /_sim/notify`` (send one crafted notification and return the
   merchant's answer), ``GET /_sim/notifications``, ``POST /_sim/release`` (send held notices).
+- ``write_key_files``: the key material a merchant side needs, written owner-only.
+- ``command_line``, ``serve_until_cancelled``, ``run_until_interrupted``: what every
+  simulator's ``main(argv)`` / ``serve(...)`` share (``hisbridge simulate <gateway>``).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime as dt
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -236,6 +241,13 @@ class SimServer:
     host: str = "127.0.0.1"
     _runner: web.AppRunner | None = None
 
+    @classmethod
+    def for_gateway(cls, name: str, gateway: Gateway, *, schedule: Sequence[float],
+                    time_factor: float, accepted: Accepted) -> SimServer:
+        """A server whose faults also drive its notifier (retrying on ``schedule``)."""
+        faults = Faults()
+        return cls(name, gateway, faults, Notifier(schedule, time_factor, faults, accepted))
+
     def __post_init__(self) -> None:
         r = self.app.router
         r.add_post("/_sim/faults", self._faults)
@@ -355,11 +367,56 @@ class SimServer:
         return await self._wrap(run)
 
 
-async def run_forever(server: SimServer, host: str, port: int) -> None:
-    """Serve until cancelled (Ctrl-C): the body of each simulator's ``serve``."""
+def write_key_files(directory: Path, contents: dict[str, tuple[str, str]]) -> dict[str, Path]:
+    """Write ``{name: (file name, text)}`` into ``directory``, readable by the owner only.
+
+    Returns:
+        name → the file written (what each simulator's ``write_keys`` returns).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    for name, (file_name, text) in contents.items():
+        path = files[name] = directory / file_name
+        path.write_text(text)
+        path.chmod(0o600)
+    return files
+
+
+class Simulator(Protocol):
+    """What ``serve_until_cancelled`` needs of a simulator."""
+
+    server: SimServer
+
+    def write_keys(self, directory: Path) -> dict[str, Path]: ...
+
+
+def command_line(gateway: str, port: int) -> argparse.ArgumentParser:
+    """The options every ``hisbridge simulate <gateway>`` takes; each adds its own keys."""
+    parser = argparse.ArgumentParser(prog=f"hisbridge simulate {gateway}")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--keys-dir", type=Path, default=Path("sim-keys"))
+    parser.add_argument("--time-factor", type=float, default=1.0)
+    return parser
+
+
+async def serve_until_cancelled(sim: Simulator, host: str, port: int,
+                                keys_dir: Path | None) -> None:
+    """Write the simulator's key material to ``keys_dir`` (saying where), then serve until
+    cancelled (Ctrl-C): the body of each simulator's ``serve``."""
+    if keys_dir is not None:
+        for name, path in sim.write_keys(keys_dir).items():
+            print(f"{name}: {path}", flush=True)
+    server = sim.server
     await server.start(host, port)
     print(f"{server.name} simulator listening on {server.url}", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
         await server.stop()
+
+
+def run_until_interrupted(serving: Coroutine[Any, Any, None]) -> None:
+    """Run a simulator's ``serve(...)`` until Ctrl-C, which ends it quietly."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serving)

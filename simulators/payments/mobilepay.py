@@ -13,9 +13,7 @@ Run alone: ``python -m simulators.payments.mobilepay --port 8704`` (``main(argv)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import secrets
 import time
 from collections.abc import Sequence
@@ -32,13 +30,14 @@ from adapters.mobilepay.settings import DEFAULT_PATHS
 from adapters.payments.money import format_yuan
 from engine.errors import PermanentError
 from simulators.payments.core import (
-    Faults,
-    Notifier,
     SimError,
     SimServer,
     china_now,
+    command_line,
     drop_connection,
-    run_forever,
+    run_until_interrupted,
+    serve_until_cancelled,
+    write_key_files,
 )
 
 RETRY_SCHEDULE = [15, 30, 60, 300, 900, 1800, 3600]
@@ -91,9 +90,9 @@ class MobilePaySimulator:
         self.orders: dict[str, MobileOrder] = {}
         self.counts = {"uploads": 0, "orders_created": 0, "charges": 0, "refunds_created": 0,
                        "query_calls": 0, "refused_signatures": 0}
-        self.faults = Faults()
-        self.notifier = Notifier(RETRY_SCHEDULE, time_factor, self.faults, _accepted)
-        self.server = SimServer("mobilepay", self, self.faults, self.notifier)
+        self.server = SimServer.for_gateway("mobilepay", self, schedule=RETRY_SCHEDULE,
+                                            time_factor=time_factor, accepted=_accepted)
+        self.faults, self.notifier = self.server.faults, self.server.notifier
         handlers = {"6201": self._upload, "6202": self._pay, "6203": self._refund,
                     "6301": self._query}
         for infno, path in DEFAULT_PATHS.items():
@@ -110,17 +109,11 @@ class MobilePaySimulator:
         return self.server.url
 
     def write_keys(self, directory: Path) -> dict[str, Path]:
-        directory.mkdir(parents=True, exist_ok=True)
-        files = {"platform_public_key": directory / "mobilepay_platform_public.hex",
-                 "app_secret": directory / "mobilepay_app_secret"}
-        files["platform_public_key"].write_text(self.public_hex)
-        files["app_secret"].write_text(self.app_secret)
+        contents = {"platform_public_key": ("mobilepay_platform_public.hex", self.public_hex),
+                    "app_secret": ("mobilepay_app_secret", self.app_secret)}
         if self.demo_hospital_key is not None:
-            files["private_key"] = directory / "mobilepay_hospital_private.hex"
-            files["private_key"].write_text(self.demo_hospital_key)
-        for path in files.values():
-            path.chmod(0o600)
-        return files
+            contents["private_key"] = ("mobilepay_hospital_private.hex", self.demo_hospital_key)
+        return write_key_files(directory, contents)
 
     # -- the wire --------------------------------------------------------------------------
 
@@ -320,28 +313,20 @@ async def serve(host: str = "127.0.0.1", port: int = 8704, *, keys_dir: Path | N
                 app_secret: str | None = None) -> None:
     sim = MobilePaySimulator(hospital_public_key=hospital_public_key, app_secret=app_secret,
                              time_factor=time_factor)
-    if keys_dir is not None:
-        for name, path in sim.write_keys(keys_dir).items():
-            print(f"{name}: {path}", flush=True)
-    await run_forever(sim.server, host, port)
+    await serve_until_cancelled(sim, host, port, keys_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``hisbridge simulate mobilepay``."""
-    parser = argparse.ArgumentParser(prog="hisbridge simulate mobilepay")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8704)
-    parser.add_argument("--keys-dir", type=Path, default=Path("sim-keys"))
-    parser.add_argument("--time-factor", type=float, default=1.0)
+    parser = command_line("mobilepay", port=8704)
     parser.add_argument("--hospital-public-key", type=Path)
     parser.add_argument("--app-secret", type=Path)
     args = parser.parse_args(argv)
     key = args.hospital_public_key.read_text().strip() if args.hospital_public_key else None
     secret = args.app_secret.read_text().strip() if args.app_secret else None
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, keys_dir=args.keys_dir,
-                          time_factor=args.time_factor, hospital_public_key=key,
-                          app_secret=secret))
+    run_until_interrupted(serve(args.host, args.port, keys_dir=args.keys_dir,
+                                time_factor=args.time_factor, hospital_public_key=key,
+                                app_secret=secret))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ Run alone: ``python -m simulators.payments.unionpay --port 8703`` (``main(argv)`
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
-import contextlib
 import io
 import secrets
 import zipfile
@@ -41,13 +39,14 @@ from adapters.payments.signing import (
 )
 from adapters.unionpay import crypto
 from simulators.payments.core import (
-    Faults,
-    Notifier,
     SimError,
     SimServer,
     china_now,
+    command_line,
     drop_connection,
-    run_forever,
+    run_until_interrupted,
+    serve_until_cancelled,
+    write_key_files,
 )
 
 RETRY_SCHEDULE = [60, 120, 240, 480]
@@ -99,10 +98,10 @@ class UnionPaySimulator:
         self.ledger: list[Entry] = []
         self.counts = {"consume_calls": 0, "orders_created": 0, "charges": 0,
                        "refunds_created": 0, "query_calls": 0, "refused_signatures": 0}
-        self.faults = Faults()
-        self.notifier = Notifier(RETRY_SCHEDULE, time_factor, self.faults,
-                                 lambda status, body: status == 200)
-        self.server = SimServer("unionpay", self, self.faults, self.notifier)
+        self.server = SimServer.for_gateway(
+            "unionpay", self, schedule=RETRY_SCHEDULE, time_factor=time_factor,
+            accepted=lambda status, body: status == 200)
+        self.faults, self.notifier = self.server.faults, self.server.notifier
         r = self.server.app.router
         r.add_post("/gateway/api/backTransReq.do", self._back_trans)
         r.add_post("/gateway/api/queryTrans.do", self._query)
@@ -119,17 +118,13 @@ class UnionPaySimulator:
         return self.server.url
 
     def write_keys(self, directory: Path) -> dict[str, Path]:
-        directory.mkdir(parents=True, exist_ok=True)
-        files = {"root_certificate": directory / "unionpay_root.pem"}
-        files["root_certificate"].write_text(certificate_pem(self.root_cert))
+        contents = {"root_certificate": ("unionpay_root.pem", certificate_pem(self.root_cert))}
         if self.demo_merchant_key is not None:
-            files["merchant_private_key"] = directory / "unionpay_merchant.pem"
-            files["merchant_private_key"].write_text(private_pem(self.demo_merchant_key))
-            files["merchant_certificate"] = directory / "unionpay_merchant_cert.pem"
-            files["merchant_certificate"].write_text(certificate_pem(self.merchant_cert))
-        for path in files.values():
-            path.chmod(0o600)
-        return files
+            contents["merchant_private_key"] = ("unionpay_merchant.pem",
+                                                private_pem(self.demo_merchant_key))
+            contents["merchant_certificate"] = ("unionpay_merchant_cert.pem",
+                                                certificate_pem(self.merchant_cert))
+        return write_key_files(directory, contents)
 
     # -- the wire --------------------------------------------------------------------------
 
@@ -382,25 +377,17 @@ async def serve(host: str = "127.0.0.1", port: int = 8703, *, keys_dir: Path | N
     sim = UnionPaySimulator(
         merchant_certificate=load_certificate(merchant_certificate_pem)
         if merchant_certificate_pem else None, time_factor=time_factor)
-    if keys_dir is not None:
-        for name, path in sim.write_keys(keys_dir).items():
-            print(f"{name}: {path}", flush=True)
-    await run_forever(sim.server, host, port)
+    await serve_until_cancelled(sim, host, port, keys_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``hisbridge simulate unionpay``."""
-    parser = argparse.ArgumentParser(prog="hisbridge simulate unionpay")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8703)
-    parser.add_argument("--keys-dir", type=Path, default=Path("sim-keys"))
-    parser.add_argument("--time-factor", type=float, default=1.0)
+    parser = command_line("unionpay", port=8703)
     parser.add_argument("--merchant-certificate", type=Path)
     args = parser.parse_args(argv)
     pem = args.merchant_certificate.read_text() if args.merchant_certificate else None
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, keys_dir=args.keys_dir,
-                          time_factor=args.time_factor, merchant_certificate_pem=pem))
+    run_until_interrupted(serve(args.host, args.port, keys_dir=args.keys_dir,
+                                time_factor=args.time_factor, merchant_certificate_pem=pem))
 
 
 if __name__ == "__main__":

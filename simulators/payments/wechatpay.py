@@ -13,9 +13,7 @@ on the control endpoints described in ``simulators.payments.core``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import hashlib
 import secrets
 import time
@@ -41,13 +39,14 @@ from adapters.payments.signing import (
 from adapters.wechatpay import crypto
 from simulators.payments.core import (
     Build,
-    Faults,
-    Notifier,
     SimError,
     SimServer,
     china_now,
+    command_line,
     drop_connection,
-    run_forever,
+    run_until_interrupted,
+    serve_until_cancelled,
+    write_key_files,
 )
 from simulators.payments.wechatpay_bill import TradeBillBook
 
@@ -115,10 +114,10 @@ class WechatPaySimulator:
         self.bills = TradeBillBook(appid, mchid)
         self.counts = {"create_calls": 0, "query_calls": 0, "orders_created": 0, "charges": 0,
                        "refunds_created": 0, "refused_signatures": 0}
-        self.faults = Faults()
-        self.notifier = Notifier(RETRY_SCHEDULE, time_factor, self.faults,
-                                 lambda status, body: status in (200, 204))
-        self.server = SimServer("wechatpay", self, self.faults, self.notifier)
+        self.server = SimServer.for_gateway(
+            "wechatpay", self, schedule=RETRY_SCHEDULE, time_factor=time_factor,
+            accepted=lambda status, body: status in (200, 204))
+        self.faults, self.notifier = self.server.faults, self.server.notifier
         self._tokens: dict[str, str] = {}
         r = self.server.app.router
         r.add_post("/v3/pay/transactions/{kind:native|jsapi}", self._create)
@@ -142,17 +141,15 @@ class WechatPaySimulator:
     def write_keys(self, directory: Path) -> dict[str, Path]:
         """Write what the merchant side needs: the platform certificate (and, for demos
         without a merchant key of their own, a generated merchant key and APIv3 key)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        files = {"platform_certificate": directory / "wechatpay_platform.pem",
-                 "apiv3_key": directory / "wechatpay_apiv3.key"}
-        files["platform_certificate"].write_text(certificate_pem(self.platform_cert))
-        files["apiv3_key"].write_text(self.apiv3_key.decode("ascii"))
+        contents = {
+            "platform_certificate": ("wechatpay_platform.pem",
+                                     certificate_pem(self.platform_cert)),
+            "apiv3_key": ("wechatpay_apiv3.key", self.apiv3_key.decode("ascii")),
+        }
         if self.demo_merchant_key is not None:
-            files["merchant_private_key"] = directory / "wechatpay_merchant.pem"
-            files["merchant_private_key"].write_text(private_pem(self.demo_merchant_key))
-        for path in files.values():
-            path.chmod(0o600)
-        return files
+            contents["merchant_private_key"] = ("wechatpay_merchant.pem",
+                                                private_pem(self.demo_merchant_key))
+        return write_key_files(directory, contents)
 
     # -- the wire --------------------------------------------------------------------------
 
@@ -473,28 +470,20 @@ async def serve(host: str = "127.0.0.1", port: int = 8701, *, keys_dir: Path | N
         merchant_public_key=load_public_key(merchant_public_key_pem)
         if merchant_public_key_pem else None,
         apiv3_key=apiv3_key, time_factor=time_factor)
-    if keys_dir is not None:
-        for name, path in sim.write_keys(keys_dir).items():
-            print(f"{name}: {path}", flush=True)
-    await run_forever(sim.server, host, port)
+    await serve_until_cancelled(sim, host, port, keys_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``hisbridge simulate wechatpay``: parse arguments and serve."""
-    parser = argparse.ArgumentParser(prog="hisbridge simulate wechatpay")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8701)
-    parser.add_argument("--keys-dir", type=Path, default=Path("sim-keys"))
-    parser.add_argument("--time-factor", type=float, default=1.0)
+    parser = command_line("wechatpay", port=8701)
     parser.add_argument("--merchant-public-key", type=Path)
     parser.add_argument("--apiv3-key", type=Path)
     args = parser.parse_args(argv)
     pem = args.merchant_public_key.read_text() if args.merchant_public_key else None
     key = args.apiv3_key.read_bytes().strip() if args.apiv3_key else None
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, keys_dir=args.keys_dir,
-                          time_factor=args.time_factor, merchant_public_key_pem=pem,
-                          apiv3_key=key))
+    run_until_interrupted(serve(args.host, args.port, keys_dir=args.keys_dir,
+                                time_factor=args.time_factor, merchant_public_key_pem=pem,
+                                apiv3_key=key))
 
 
 if __name__ == "__main__":
