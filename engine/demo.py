@@ -315,7 +315,7 @@ async def _run(config: Config, engine: Engine, peers: Peers, his_channel: Channe
     tally = HisTally()
     progress = Progress(engine)
     startup: list[str] = []
-    insurance = await _start_desk(_insurance_desk(config, engine), "insurance desk", startup)
+    insurance = await _start_desk(insurance_desk(config, engine), "insurance desk", startup)
     payments = await _start_desk(_payment_desk(config, engine, peers), "payment desk", startup)
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(progress.run())]
     try:
@@ -367,7 +367,9 @@ async def _start_desk(starting: Any, what: str, problems: list[str]) -> Any:
         return None
 
 
-async def _insurance_desk(config: Config, engine: Engine) -> InsuranceDesk | None:
+async def insurance_desk(config: Config, engine: Engine) -> InsuranceDesk | None:
+    """A started front desk for the config's settle channel (an HTTP source with an nhsa
+    destination), or None when the config has none."""
     channel = _channel(config, HttpSourceConfig, NhsaDestinationConfig)
     if channel is None or not isinstance(channel.source, HttpSourceConfig):
         return None
