@@ -316,6 +316,13 @@ async def _run(config: Config, engine: Engine, peers: Peers, his_channel: Channe
     progress = Progress(engine)
     startup: list[str] = []
     insurance = await _start_desk(insurance_desk(config, engine), "insurance desk", startup)
+    if insurance is not None and not any(
+            isinstance(d, NhsaDestinationConfig) and d.infno == "2204"
+            for d in his_channel.destinations):
+        startup.append(f"channel {his_channel.name} has no nhsa destination with infno 2204: "
+                       "insured visits' fees cannot reach the platform; no settlements run")
+        await insurance.close()
+        insurance = None
     payments = await _start_desk(_payment_desk(config, engine, peers), "payment desk", startup)
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(progress.run())]
     try:
