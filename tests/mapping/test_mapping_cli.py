@@ -58,7 +58,8 @@ def test_map_prints_the_precise_error(workdir: Path, capsys: pytest.CaptureFixtu
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: mappings/dft_to_nhsa_2204.toml: rule[0].rule[1] "
-                          "(from '@header:mdtrt_id' to '.mdtrt_id'): required value is missing")
+                          "(from 'PV1-50.1, @header:mdtrt_id' to '.mdtrt_id'): "
+                          "required value is missing")
 
 
 def test_map_reports_a_broken_mapping_and_unknown_names(
@@ -101,7 +102,10 @@ def test_save_then_test_then_break_shows_a_diff(
     assert "FAIL  dft_to_nhsa_2204/mine" in out
     assert '-      "cnt": 2.0000,' in out and '+      "cnt": 2.00,' in out
     assert "--- expected (mine.out.json)" in out
-    assert "2 failed" in out  # the shipped fixture and the saved one
+    # Every fixture with output (the shipped ones and the saved one) now differs on cnt.
+    expected = sum(1 for f in (workdir / "mappings" / "fixtures" / "dft_to_nhsa_2204").glob(
+        "*.out.json"))
+    assert f"{expected} failed" in out
 
 
 def test_test_reports_mappings_that_do_not_load(
