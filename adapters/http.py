@@ -28,7 +28,7 @@ from pydantic import Field, field_validator
 
 from engine.contracts import Ingest, Result
 from engine.errors import ConfigError, PermanentError, RejectedInput, TransientError
-from engine.hl7 import build_ack, parse
+from engine.hl7 import Hl7Message, build_ack, parse
 from engine.message import CONTENT_TYPES, Message
 from engine.settings import DestinationSettings, HostPort, Model, Secret, split_host_port
 from queues.contract import Envelope
@@ -205,8 +205,8 @@ class HttpSource:
             hl7 = _validate(body, content_type, self.config.default_encoding)
         except RejectedInput as exc:
             if content_type == "hl7v2":
-                partial = exc.partial if exc.partial is not None else None
-                ack = build_ack(partial, exc.code, text=str(exc), error_code=exc.hl7_error)  # type: ignore[arg-type]
+                partial = exc.partial if isinstance(exc.partial, Hl7Message) else None
+                ack = build_ack(partial, exc.code, text=str(exc), error_code=exc.hl7_error)
                 return web.Response(status=400, body=ack.encode(), content_type=HL7_MEDIA)
             return _problem(400, str(exc))
         headers = {}
@@ -255,7 +255,7 @@ class HttpSource:
         return None
 
 
-def _validate(body: bytes, content_type: str, default_encoding: str):  # type: ignore[no-untyped-def]
+def _validate(body: bytes, content_type: str, default_encoding: str) -> Hl7Message | None:
     """Refuse bodies that are not what they claim; return the parsed HL7 when it is HL7."""
     if not body:
         raise RejectedInput("empty body")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from queues.sqlite import SqliteQueue, Staging
 
 log = logging.getLogger(__name__)
 
-StoreOp = Callable[..., None]
+StoreOp = Callable[[sqlite3.Connection], None]
 
 
 def destination_queue(channel: str, destination: str) -> str:
@@ -256,10 +257,10 @@ class ChannelWorker:
         status = MAPPED if fanout else FILTERED
         detail = ("to " + ", ".join(targets)) if fanout else "no destination matched"
 
-        def store_op(conn: object) -> None:
+        def store_op(conn: sqlite3.Connection) -> None:
             if mapped_body is not None and mapped_type is not None:
-                MessageStore.set_mapped(conn, mid, mapped_body, mapped_type)  # type: ignore[arg-type]
-            MessageStore.record(conn, mid, status, detail=detail)  # type: ignore[arg-type]
+                MessageStore.set_mapped(conn, mid, mapped_body, mapped_type)
+            MessageStore.record(conn, mid, status, detail=detail)
 
         await self.settler.settle(delivery, Outcome.ack(), store_op, forward=fanout)
         if fanout:
@@ -355,8 +356,8 @@ class DestinationWorker:
                 dest.health.failure(outcome.reason)
             status, detail = DEAD_LETTERED, outcome.reason
 
-        def store_op(conn: object) -> None:
-            MessageStore.record(conn, mid, status, destination=dest.name,  # type: ignore[arg-type]
+        def store_op(conn: sqlite3.Connection) -> None:
+            MessageStore.record(conn, mid, status, destination=dest.name,
                                 attempt=attempt, detail=detail[:1000] or None, at=now)
 
         await self.settler.settle(delivery, outcome, store_op, reply=reply)
