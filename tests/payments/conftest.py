@@ -1,4 +1,5 @@
-"""Shared fixtures of the payment tests: a database, an ingest double, a waiting helper."""
+"""Shared fixtures of the payment tests: a database, an ingest double, a waiting helper, and
+the harness every gateway rig (``tests.payments.gateway_rig``) is built on."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from engine.contracts import IngestResult
 from engine.database import Database
 from engine.errors import TransientError
 from engine.message import Message
+from tests.payments.gateway_rig import Harness
 
 
 class Channel:
@@ -72,3 +74,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def channel() -> Channel:
     return Channel()
+
+
+@pytest.fixture
+def harness(tmp_path: Path, db: Database, http: aiohttp.ClientSession,
+            channel: Channel) -> Harness:
+    return Harness(tmp_path, db, http, channel)

@@ -6,9 +6,7 @@ import asyncio
 import io
 import zipfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,69 +14,23 @@ import orjson
 import pytest
 
 from adapters.alipay.bill import parse_bill_zip
-from adapters.alipay.client import AlipayClient
-from adapters.alipay.settings import AlipaySettings
 from adapters.payments.bills import BillError
 from adapters.payments.errors import GatewayRejected, RefundExceedsPaid
 from adapters.payments.model import OrderState, RefundState, Submit
-from adapters.payments.notify import PaymentNotifySource
-from adapters.payments.service import PaymentService
-from adapters.payments.signing import new_private_key, private_pem
-from adapters.payments.source import PaymentNotifyConfig
-from adapters.payments.store import PaymentStore
-from engine.database import Database
-from engine.settings import Secret
 from simulators.payments.alipay import AlipaySimulator
-from simulators.payments.control import SimControl
+from tests.payments.gateway_rig import ALIPAY_SELLER, AlipayRig, Harness, alipay_rig
 
-APP_ID, SELLER = "2021004100000001", "2088621000000001"
 AUTH_CODE = "286543210987654321"
 
 
-@dataclass
-class Rig:
-    sim: AlipaySimulator
-    control: SimControl
-    source: PaymentNotifySource
-    client: AlipayClient
-    service: PaymentService
-    store: PaymentStore
-    channel: Any
-
-    async def is_(self, no: str, state: OrderState) -> bool:
-        order = await self.store.order("alipay", no)
-        return order is not None and order.state is state
-
 
 @pytest.fixture
-async def ali(tmp_path: Path, db: Database, http: aiohttp.ClientSession,
-              channel: Any) -> AsyncIterator[Rig]:
-    app_key = new_private_key()
-    sim = AlipaySimulator(app_id=APP_ID, seller_id=SELLER, app_public_key=app_key.public_key(),
-                          time_factor=0.001)
-    await sim.start()
-    files = sim.write_keys(tmp_path / "keys")
-    (tmp_path / "keys" / "app.pem").write_text(private_pem(app_key))
-    settings = AlipaySettings(
-        app_id=APP_ID, seller_id=SELLER,
-        app_private_key=Secret(f"file:{tmp_path / 'keys' / 'app.pem'}"),
-        alipay_public_key=Secret(f"file:{files['alipay_public_key']}"),
-        gateway_url=sim.gateway_url, timeout=2.0)
-    source = PaymentNotifyConfig(type="payment_notify", gateway="alipay", listen="127.0.0.1:0",
-                                 path="/notify/alipay", alipay=settings).build("payments")
-    source.use_database(db)
-    await source.start(channel)
-    client = AlipayClient(settings.model_copy(update={"notify_url": source.url}))
-    await client.start()
-    store = PaymentStore(db)
-    yield Rig(sim, SimControl(sim.url, http), source, client, PaymentService(client, store),
-              store, channel)
-    await client.close()
-    await source.stop()
-    await sim.stop()
+async def ali(harness: Harness) -> AsyncIterator[AlipayRig]:
+    async with alipay_rig(harness) as rig:
+        yield rig
 
 
-async def test_precreate_pay_notify_query_refund_refund_notify(ali: Rig,
+async def test_precreate_pay_notify_query_refund_refund_notify(ali: AlipayRig,
                                                                eventually: Any) -> None:
     order = await ali.service.create_order("AL20240001", 1230, "门诊缴费", "precreate")
     assert order.extra["qr_code"] == "https://qr.alipay.com/simAL20240001"
@@ -116,7 +68,7 @@ async def test_precreate_pay_notify_query_refund_refund_notify(ali: Rig,
 
 
 async def test_barcode_pay_with_lost_response_ends_paid_with_one_charge(
-        ali: Rig, eventually: Any) -> None:
+        ali: AlipayRig, eventually: Any) -> None:
     await ali.control.faults(drop_after_commit=1)
     order = await ali.service.create_order("AL20240002", 4560, "药费", "barcode",
                                            {"auth_code": AUTH_CODE})
@@ -133,7 +85,7 @@ async def test_barcode_pay_with_lost_response_ends_paid_with_one_charge(
     assert len(ali.channel.messages) == 1
 
 
-async def test_barcode_pay_answered_directly(ali: Rig) -> None:
+async def test_barcode_pay_answered_directly(ali: AlipayRig) -> None:
     order = await ali.service.create_order("AL20240003", 100, "挂号费", "barcode",
                                            {"auth_code": AUTH_CODE})
     assert order.state is OrderState.PAID
@@ -146,7 +98,7 @@ async def test_barcode_pay_answered_directly(ali: Rig) -> None:
     assert (await ali.store.order("alipay", "AL20240004")).state is OrderState.CLOSED
 
 
-async def test_unavailable_gateway_on_precreate_is_queried_then_sent_again(ali: Rig) -> None:
+async def test_unavailable_gateway_on_precreate_is_queried_then_sent_again(ali: AlipayRig) -> None:
     await ali.control.faults(fail_5xx=1)  # code 20000: the outcome is unknown
     order = await ali.service.create_order("AL20240005", 990, "检验费", "precreate")
     assert order.submit is Submit.ACCEPTED
@@ -155,24 +107,8 @@ async def test_unavailable_gateway_on_precreate_is_queried_then_sent_again(ali: 
     assert stats["orders_created"] == 1
 
 
-async def test_notify_replayed_15_times_changes_the_order_once(ali: Rig,
-                                                               eventually: Any) -> None:
-    await ali.control.faults(duplicate_notifications=15)
-    await ali.service.create_order("AL20240006", 700, "治疗费", "precreate")
-    await ali.control.pay("AL20240006")
-
-    async def delivered() -> bool:
-        records = await ali.control.notifications()
-        return bool(records) and records[0]["delivered"] == 15
-
-    await eventually(delivered)
-    moves = await ali.store.transitions("alipay", "AL20240006")
-    assert [(t.from_state, t.to_state) for t in moves] == [("created", "paid")]
-    assert ali.channel.calls == 1
-
-
 async def test_forged_unknown_and_wrong_amount_notifies_are_refused(
-        ali: Rig, http: aiohttp.ClientSession) -> None:
+        ali: AlipayRig, http: aiohttp.ClientSession) -> None:
     await ali.service.create_order("AL20240007", 1000, "药费", "precreate")
     url = ali.source.url
     cases = {
@@ -194,7 +130,7 @@ async def test_forged_unknown_and_wrong_amount_notifies_are_refused(
 
 
 async def test_refund_notify_with_a_refunded_total_beyond_the_order_is_refused(
-        ali: Rig, eventually: Any) -> None:
+        ali: AlipayRig, eventually: Any) -> None:
     await ali.service.create_order("AL20240008", 1000, "药费", "precreate")
     await ali.control.pay("AL20240008")
     await eventually(lambda: ali.is_("AL20240008", OrderState.PAID))
@@ -206,7 +142,7 @@ async def test_refund_notify_with_a_refunded_total_beyond_the_order_is_refused(
     assert (await ali.store.audits("alipay"))[-1].reason == "amount_mismatch"
 
 
-async def test_concurrent_refunds_never_exceed_the_payment(ali: Rig, eventually: Any) -> None:
+async def test_concurrent_refunds_never_exceed_the_payment(ali: AlipayRig, eventually: Any) -> None:
     await ali.service.create_order("AL20240009", 1000, "住院押金", "precreate")
     await ali.control.pay("AL20240009")
     await eventually(lambda: ali.is_("AL20240009", OrderState.PAID))
@@ -219,7 +155,7 @@ async def test_concurrent_refunds_never_exceed_the_payment(ali: Rig, eventually:
     assert stats["refunded_fen"] == 800
 
 
-async def test_lost_refund_answer_is_resolved_by_query(ali: Rig, eventually: Any) -> None:
+async def test_lost_refund_answer_is_resolved_by_query(ali: AlipayRig, eventually: Any) -> None:
     await ali.service.create_order("AL20240010", 1000, "药费", "precreate")
     await ali.control.pay("AL20240010")
     await eventually(lambda: ali.is_("AL20240010", OrderState.PAID))
@@ -231,7 +167,7 @@ async def test_lost_refund_answer_is_resolved_by_query(ali: Rig, eventually: Any
     assert stats["refunded_fen"] == 1000
 
 
-async def test_bill_zip_parses_to_the_simulator_totals(ali: Rig, eventually: Any) -> None:
+async def test_bill_zip_parses_to_the_simulator_totals(ali: AlipayRig, eventually: Any) -> None:
     for no, amount in (("AL20240011", 1230), ("AL20240012", 1), ("AL20240013", 88888)):
         await ali.service.create_order(no, amount, "费用", "precreate")
         await ali.control.pay(no)
@@ -249,7 +185,7 @@ async def test_bill_zip_parses_to_the_simulator_totals(ali: Rig, eventually: Any
 
 def test_bill_parser_rejects_bad_archives() -> None:
     sim = AlipaySimulator.__new__(AlipaySimulator)
-    sim.seller_id, sim.ledger = SELLER, []
+    sim.seller_id, sim.ledger = ALIPAY_SELLER, []
     good = sim.bill_zip("2024-05-01")
     assert parse_bill_zip(good).totals.lines == 0
     with pytest.raises(BillError, match="not a zip"):
@@ -279,14 +215,14 @@ def test_bill_parser_rejects_bad_archives() -> None:
 # -- helpers ------------------------------------------------------------------------------
 
 
-async def _messages(ali: Rig, n: int) -> bool:
+async def _messages(ali: AlipayRig, n: int) -> bool:
     return len(ali.channel.messages) >= n
 
 
 def test_bill_zip_with_gbk_member_names_is_read() -> None:
     """Alipay's zips name members in GBK without the UTF-8 flag."""
     sim = AlipaySimulator.__new__(AlipaySimulator)
-    sim.seller_id, sim.ledger = SELLER, []
+    sim.seller_id, sim.ledger = ALIPAY_SELLER, []
     utf8_named = zipfile.ZipFile(io.BytesIO(sim.bill_zip("2024-05-01")))
     out = io.BytesIO()
     names = [i.filename.encode("gbk") for i in utf8_named.infolist()]

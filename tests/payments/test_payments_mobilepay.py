@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,72 +14,20 @@ import pytest
 
 from adapters.mobilepay import crypto
 from adapters.mobilepay.client import MobilePayClient
-from adapters.mobilepay.settings import MobilePaySettings
 from adapters.payments.errors import GatewayRejected, RefundExceedsPaid
 from adapters.payments.model import Order, OrderState, RefundState, Submit
-from adapters.payments.notify import PaymentNotifySource
-from adapters.payments.service import PaymentService
-from adapters.payments.source import PaymentNotifyConfig
-from adapters.payments.store import PaymentStore
-from engine.database import Database
 from engine.settings import Secret
-from simulators.payments.control import SimControl
-from simulators.payments.mobilepay import MobilePaySimulator
-
-APP_ID = "1GJ3K5L7M9N1P3Q5R7S9"
-AUTH = {"psn_no": "44000019900101000X", "pay_auth_no": "AUTH2024050112345678"}
-
-
-@dataclass
-class Rig:
-    sim: MobilePaySimulator
-    control: SimControl
-    source: PaymentNotifySource
-    client: MobilePayClient
-    service: PaymentService
-    store: PaymentStore
-    channel: Any
-    private_hex: str
-
-    async def is_(self, no: str, state: OrderState) -> bool:
-        order = await self.store.order("mobilepay", no)
-        return order is not None and order.state is state
-
-    async def refund_is(self, no: str, state: RefundState) -> bool:
-        refund = await self.store.refund("mobilepay", no)
-        return refund is not None and refund.state is state
+from tests.payments.gateway_rig import MOBILEPAY_AUTH as AUTH
+from tests.payments.gateway_rig import Harness, MobilePayRig, mobilepay_rig
 
 
 @pytest.fixture
-async def mp(tmp_path: Path, db: Database, http: aiohttp.ClientSession,
-             channel: Any) -> AsyncIterator[Rig]:
-    private, public = crypto.new_keypair()
-    sim = MobilePaySimulator(app_id=APP_ID, hospital_public_key="04" + public,
-                             time_factor=0.001)
-    await sim.start()
-    files = sim.write_keys(tmp_path / "keys")
-    (tmp_path / "keys" / "hospital.hex").write_text(private)
-    settings = MobilePaySettings(
-        app_id=APP_ID, app_secret=Secret(f"file:{files['app_secret']}"),
-        private_key=Secret(f"file:{tmp_path / 'keys' / 'hospital.hex'}"),
-        platform_public_key=Secret(f"file:{files['platform_public_key']}"),
-        org_code="H44010600001", base_url=sim.url, timeout=3.0)
-    source = PaymentNotifyConfig(type="payment_notify", gateway="mobilepay",
-                                 listen="127.0.0.1:0", path="/notify/mobilepay",
-                                 mobilepay=settings).build("payments")
-    source.use_database(db)
-    await source.start(channel)
-    client = MobilePayClient(settings.model_copy(update={"notify_url": source.url}))
-    await client.start()
-    store = PaymentStore(db)
-    yield Rig(sim, SimControl(sim.url, http), source, client, PaymentService(client, store),
-              store, channel, private)
-    await client.close()
-    await source.stop()
-    await sim.stop()
+async def mp(harness: Harness) -> AsyncIterator[MobilePayRig]:
+    async with mobilepay_rig(harness) as rig:
+        yield rig
 
 
-async def test_upload_confirm_notify_query_refund_refund_notify(mp: Rig,
+async def test_upload_confirm_notify_query_refund_refund_notify(mp: MobilePayRig,
                                                                 eventually: Any) -> None:
     order = await mp.service.create_order("MP20240001", 12345, "门诊医保缴费", "mobile",
                                           {"psn_no": AUTH["psn_no"]})
@@ -108,7 +55,8 @@ async def test_upload_confirm_notify_query_refund_refund_notify(mp: Rig,
     assert (stats["charges"], stats["refunds_created"], stats["refunded_fen"]) == (1, 2, 12345)
 
 
-async def test_6202_with_lost_answer_ends_paid_with_one_charge(mp: Rig, eventually: Any) -> None:
+async def test_6202_with_lost_answer_ends_paid_with_one_charge(mp: MobilePayRig,
+                                                               eventually: Any) -> None:
     await mp.service.create_order("MP20240002", 5000, "住院结算", "mobile", AUTH)
     await mp.control.faults(drop_after_commit=1)
     order = await mp.service.pay("MP20240002")
@@ -120,7 +68,7 @@ async def test_6202_with_lost_answer_ends_paid_with_one_charge(mp: Rig, eventual
     assert [(t.from_state, t.to_state) for t in moves] == [("created", "paid")]
 
 
-async def test_6202_answered_directly_and_not_repeated(mp: Rig) -> None:
+async def test_6202_answered_directly_and_not_repeated(mp: MobilePayRig) -> None:
     await mp.service.create_order("MP20240003", 800, "门诊", "mobile", AUTH)
     order = await mp.service.pay("MP20240003")
     assert order.state is OrderState.PAID
@@ -130,7 +78,7 @@ async def test_6202_answered_directly_and_not_repeated(mp: Rig) -> None:
 
 
 async def test_lost_6201_answer_is_queried_then_uploaded_again_for_the_token(
-        mp: Rig) -> None:
+        mp: MobilePayRig) -> None:
     await mp.control.faults(drop_after_commit=1)
     order = await mp.service.create_order("MP20240004", 300, "门诊", "mobile", AUTH)
     assert order.submit is Submit.ACCEPTED
@@ -139,31 +87,15 @@ async def test_lost_6201_answer_is_queried_then_uploaded_again_for_the_token(
     assert (stats["orders_created"], stats["uploads"], stats["query_calls"]) == (1, 2, 1)
 
 
-async def test_busy_platform_is_in_doubt_then_resolved(mp: Rig) -> None:
+async def test_busy_platform_is_in_doubt_then_resolved(mp: MobilePayRig) -> None:
     await mp.control.faults(fail_5xx=1)
     order = await mp.service.create_order("MP20240005", 300, "门诊", "mobile", AUTH)
     assert order.submit is Submit.ACCEPTED
     assert (await mp.control.stats())["orders_created"] == 1
 
 
-async def test_notification_replayed_15_times_changes_the_order_once(mp: Rig,
-                                                                      eventually: Any) -> None:
-    await mp.control.faults(duplicate_notifications=15)
-    await mp.service.create_order("MP20240006", 900, "门诊", "mobile", AUTH)
-    await mp.control.pay("MP20240006")
-
-    async def delivered() -> bool:
-        records = await mp.control.notifications()
-        return bool(records) and records[0]["delivered"] == 15
-
-    await eventually(delivered, within=15)
-    moves = await mp.store.transitions("mobilepay", "MP20240006")
-    assert [(t.from_state, t.to_state) for t in moves] == [("created", "paid")]
-    assert mp.channel.calls == 1
-
-
 async def test_forged_undecryptable_unknown_and_wrong_amount_notifications_are_refused(
-        mp: Rig, http: aiohttp.ClientSession) -> None:
+        mp: MobilePayRig, http: aiohttp.ClientSession) -> None:
     await mp.service.create_order("MP20240007", 1000, "门诊", "mobile", AUTH)
     cases = {
         "bad_signature": {"forge": True},
@@ -184,7 +116,7 @@ async def test_forged_undecryptable_unknown_and_wrong_amount_notifications_are_r
     assert await mp.is_("MP20240007", OrderState.CREATED)
 
 
-async def test_refunds_never_exceed_the_payment(mp: Rig, eventually: Any) -> None:
+async def test_refunds_never_exceed_the_payment(mp: MobilePayRig, eventually: Any) -> None:
     await mp.service.create_order("MP20240008", 1000, "门诊", "mobile", AUTH)
     await mp.service.pay("MP20240008")
     results = await asyncio.gather(
@@ -195,7 +127,7 @@ async def test_refunds_never_exceed_the_payment(mp: Rig, eventually: Any) -> Non
 
 
 async def test_requests_with_a_wrong_key_are_refused_by_the_platform(
-        mp: Rig, tmp_path: Path) -> None:
+        mp: MobilePayRig, tmp_path: Path) -> None:
     wrong_private, _ = crypto.new_keypair()
     wrong = tmp_path / "wrong.hex"
     wrong.write_text(wrong_private)
@@ -210,7 +142,7 @@ async def test_requests_with_a_wrong_key_are_refused_by_the_platform(
     assert (await mp.control.stats())["refused_signatures"] == 1
 
 
-async def test_logs_hold_no_keys_or_patient_numbers(mp: Rig, eventually: Any,
+async def test_logs_hold_no_keys_or_patient_numbers(mp: MobilePayRig, eventually: Any,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     await mp.service.create_order("MP20240009", 1000, "门诊", "mobile", AUTH)
@@ -218,7 +150,8 @@ async def test_logs_hold_no_keys_or_patient_numbers(mp: Rig, eventually: Any,
     await mp.service.pay("MP20240009")
     text = caplog.text
     assert "in doubt" in text
-    for secret in (mp.private_hex, mp.sim.app_secret, AUTH["psn_no"], AUTH["pay_auth_no"]):
+    hospital_key = mp.client.settings.private_key.get()
+    for secret in (hospital_key, mp.sim.app_secret, AUTH["psn_no"], AUTH["pay_auth_no"]):
         assert secret not in text
 
 

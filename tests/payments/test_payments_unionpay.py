@@ -5,98 +5,35 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
 from adapters.payments.bills import BillError
 from adapters.payments.errors import RefundExceedsPaid
 from adapters.payments.model import OrderState, RefundState, Submit
-from adapters.payments.notify import PaymentNotifySource
-from adapters.payments.service import PaymentService
-from adapters.payments.signing import (
-    certificate_pem,
-    issue_certificate,
-    new_private_key,
-    private_pem,
-)
-from adapters.payments.source import PaymentNotifyConfig
-from adapters.payments.store import PaymentStore
 from adapters.unionpay.bill import parse_settlement_text
-from adapters.unionpay.client import UnionPayClient
-from adapters.unionpay.settings import UnionPaySettings
-from engine.database import Database
 from engine.errors import PermanentError
-from engine.settings import Secret
-from simulators.payments.control import SimControl
 from simulators.payments.core import china_now
-from simulators.payments.unionpay import TEST_CARD, UnionPaySimulator
-
-MER_ID = "777290058110048"
-
-
-@dataclass
-class Rig:
-    sim: UnionPaySimulator
-    control: SimControl
-    source: PaymentNotifySource
-    client: UnionPayClient
-    service: PaymentService
-    store: PaymentStore
-    channel: Any
-
-    async def is_(self, no: str, state: OrderState) -> bool:
-        order = await self.store.order("unionpay", no)
-        return order is not None and order.state is state
-
-    async def refund_is(self, no: str, state: RefundState) -> bool:
-        refund = await self.store.refund("unionpay", no)
-        return refund is not None and refund.state is state
+from simulators.payments.unionpay import TEST_CARD
+from tests.payments.gateway_rig import Harness, UnionPayRig, unionpay_rig
 
 
 @pytest.fixture
-async def up(tmp_path: Path, db: Database, http: aiohttp.ClientSession,
-             channel: Any) -> AsyncIterator[Rig]:
-    key = new_private_key()
-    cert = issue_certificate(key, "hospital merchant signing")
-    sim = UnionPaySimulator(mer_id=MER_ID, merchant_certificate=cert, time_factor=0.001)
-    await sim.start()
-    keys = tmp_path / "keys"
-    files = sim.write_keys(keys)
-    (keys / "merchant.pem").write_text(private_pem(key))
-    (keys / "merchant_cert.pem").write_text(certificate_pem(cert))
-    settings = UnionPaySettings(
-        mer_id=MER_ID, merchant_private_key=Secret(f"file:{keys / 'merchant.pem'}"),
-        merchant_certificate=Secret(f"file:{keys / 'merchant_cert.pem'}"),
-        root_certificates=[Secret(f"file:{files['root_certificate']}")],
-        gateway_url=sim.url, timeout=2.0)
-    source = PaymentNotifyConfig(type="payment_notify", gateway="unionpay",
-                                 listen="127.0.0.1:0", path="/notify/unionpay",
-                                 unionpay=settings).build("payments")
-    source.use_database(db)
-    await source.start(channel)
-    client = UnionPayClient(settings.model_copy(update={"back_url": source.url}))
-    await client.start()
-    store = PaymentStore(db)
-    yield Rig(sim, SimControl(sim.url, http), source, client, PaymentService(client, store),
-              store, channel)
-    await client.close()
-    await source.stop()
-    await sim.stop()
+async def up(harness: Harness) -> AsyncIterator[UnionPayRig]:
+    async with unionpay_rig(harness) as rig:
+        yield rig
 
 
-async def _paid(up: Rig, no: str, amount: int, eventually: Any) -> None:
+async def _paid(up: UnionPayRig, no: str, amount: int, eventually: Any) -> None:
     await up.service.create_order(no, amount, "费用", "qrcode")
     await up.control.pay(no)
     await eventually(lambda: up.is_(no, OrderState.PAID))
 
 
-async def test_consume_pay_notify_query_refund_refund_notify(up: Rig, eventually: Any,
+async def test_consume_pay_notify_query_refund_refund_notify(up: UnionPayRig, eventually: Any,
                                                              caplog: pytest.LogCaptureFixture
                                                              ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -136,7 +73,7 @@ async def test_consume_pay_notify_query_refund_refund_notify(up: Rig, eventually
     assert TEST_CARD not in str(stored)
 
 
-async def test_lost_consume_answer_ends_with_one_order_and_one_charge(up: Rig,
+async def test_lost_consume_answer_ends_with_one_order_and_one_charge(up: UnionPayRig,
                                                                       eventually: Any) -> None:
     await up.control.faults(drop_after_commit=1)
     order = await up.service.create_order("UP20240002", 500, "检查费", "qrcode")
@@ -149,31 +86,15 @@ async def test_lost_consume_answer_ends_with_one_order_and_one_charge(up: Rig,
     assert (await up.control.stats())["charges"] == 1
 
 
-async def test_unavailable_gateway_is_in_doubt_then_resolved(up: Rig) -> None:
+async def test_unavailable_gateway_is_in_doubt_then_resolved(up: UnionPayRig) -> None:
     await up.control.faults(fail_5xx=1)
     order = await up.service.create_order("UP20240003", 500, "检查费", "qrcode")
     assert order.submit is Submit.ACCEPTED
     assert (await up.control.stats())["orders_created"] == 1
 
 
-async def test_notification_replayed_15_times_changes_the_order_once(up: Rig,
-                                                                      eventually: Any) -> None:
-    await up.control.faults(duplicate_notifications=15)
-    await up.service.create_order("UP20240004", 800, "药费", "qrcode")
-    await up.control.pay("UP20240004")
-
-    async def delivered() -> bool:
-        records = await up.control.notifications()
-        return bool(records) and records[0]["delivered"] == 15
-
-    await eventually(delivered)
-    moves = await up.store.transitions("unionpay", "UP20240004")
-    assert [(t.from_state, t.to_state) for t in moves] == [("created", "paid")]
-    assert up.channel.calls == 1
-
-
 async def test_forged_untrusted_unknown_and_wrong_amount_notifications_are_refused(
-        up: Rig) -> None:
+        up: UnionPayRig) -> None:
     await up.service.create_order("UP20240005", 1000, "药费", "qrcode")
     cases = {
         "bad_signature": {"forge": True},
@@ -193,7 +114,7 @@ async def test_forged_untrusted_unknown_and_wrong_amount_notifications_are_refus
 
 
 async def test_refunds_never_exceed_the_payment_even_when_answers_are_lost(
-        up: Rig, eventually: Any) -> None:
+        up: UnionPayRig, eventually: Any) -> None:
     await _paid(up, "UP20240006", 1000, eventually)
     await up.control.faults(drop_after_commit=1)
     results = await asyncio.gather(
@@ -215,12 +136,12 @@ async def test_refunds_never_exceed_the_payment_even_when_answers_are_lost(
     assert await up.is_("UP20240006", OrderState.PAID)
 
 
-async def _refunded(up: Rig, no: str, fen: int) -> bool:
+async def _refunded(up: UnionPayRig, no: str, fen: int) -> bool:
     order = await up.store.order("unionpay", no)
     return order is not None and order.refunded_fen == fen
 
 
-async def test_settlement_file_parses_to_the_simulator_totals(up: Rig,
+async def test_settlement_file_parses_to_the_simulator_totals(up: UnionPayRig,
                                                               eventually: Any) -> None:
     for no, amount in (("UP20240007", 1230), ("UP20240008", 1), ("UP20240009", 77777)):
         await _paid(up, no, amount, eventually)
@@ -250,7 +171,7 @@ def test_settlement_parser_rejects_inconsistent_files() -> None:
         parse_settlement_text(good.replace("|100|1|", "|1.00|1|"))
 
 
-async def test_order_ids_outside_unionpay_rules_are_refused_before_sending(up: Rig) -> None:
+async def test_order_ids_outside_unionpay_rules_are_refused_before_sending(up: UnionPayRig) -> None:
     with pytest.raises(PermanentError, match="8-40"):
         await up.service.create_order("UP-2024_10", 100, "费用", "qrcode")
     assert (await up.control.stats())["consume_calls"] == 0

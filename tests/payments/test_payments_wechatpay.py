@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,85 +17,39 @@ import pytest
 from adapters.payments.bills import BillError
 from adapters.payments.errors import RefundExceedsPaid
 from adapters.payments.model import OrderRequest, OrderState, RefundState, Submit
-from adapters.payments.notify import PaymentNotifySource
 from adapters.payments.service import PaymentService
-from adapters.payments.signing import new_private_key, private_pem
 from adapters.payments.source import PaymentNotifyConfig
-from adapters.payments.store import PaymentStore
 from adapters.wechatpay.bill import parse_trade_bill
 from adapters.wechatpay.client import WechatPayClient
 from adapters.wechatpay.settings import WechatPaySettings
-from engine.database import Database
 from engine.errors import ConfigError, TransientError
 from engine.settings import Secret
-from simulators.payments.control import SimControl
 from simulators.payments.core import CHINA
-from simulators.payments.wechatpay import WechatPaySimulator
 from simulators.payments.wechatpay_bill import TradeBillBook
-
-MCHID, APPID = "1900000001", "wxd678efh567hg6787"
-
-
-@dataclass
-class Rig:
-    sim: WechatPaySimulator
-    control: SimControl
-    source: PaymentNotifySource
-    client: WechatPayClient
-    service: PaymentService
-    store: PaymentStore
-    channel: Any
-    apiv3: str
-    merchant_pem: str
-
-    async def state(self, no: str) -> OrderState | None:
-        order = await self.store.order("wechatpay", no)
-        return None if order is None else order.state
+from tests.payments.gateway_rig import (
+    WECHATPAY_APPID,
+    WECHATPAY_MCHID,
+    Harness,
+    WechatPayRig,
+    wechatpay_rig,
+)
 
 
 @pytest.fixture
-async def wx(tmp_path: Path, db: Database, http: aiohttp.ClientSession,
-             channel: Any) -> AsyncIterator[Rig]:
-    merchant = new_private_key()
-    apiv3 = secrets.token_hex(16)
-    sim = WechatPaySimulator(mchid=MCHID, appid=APPID, merchant_public_key=merchant.public_key(),
-                             apiv3_key=apiv3.encode(), time_factor=0.001)
-    await sim.start()
-    keys = tmp_path / "keys"
-    files = sim.write_keys(keys)
-    (keys / "merchant.pem").write_text(private_pem(merchant))
-    settings = WechatPaySettings(
-        mchid=MCHID, appid=APPID, merchant_serial="3775B6A45ACD588826D15E583A95F5DD",
-        merchant_private_key=Secret(f"file:{keys / 'merchant.pem'}"),
-        apiv3_key=Secret(f"file:{files['apiv3_key']}"),
-        platform_certificates=[Secret(f"file:{files['platform_certificate']}")],
-        base_url=sim.url, timeout=2.0,
-    )
-    config = PaymentNotifyConfig(type="payment_notify", gateway="wechatpay",
-                                 listen="127.0.0.1:0", path="/notify/wechatpay",
-                                 wechatpay=settings)
-    source = config.build("payments")
-    source.use_database(db)
-    await source.start(channel)
-    client = WechatPayClient(settings.model_copy(update={"notify_url": source.url}))
-    await client.start()
-    store = PaymentStore(db)
-    rig = Rig(sim, SimControl(sim.url, http), source, client, PaymentService(client, store),
-              store, channel, apiv3, private_pem(merchant))
-    yield rig
-    await client.close()
-    await source.stop()
-    await sim.stop()
+async def wx(harness: Harness) -> AsyncIterator[WechatPayRig]:
+    async with wechatpay_rig(harness) as rig:
+        yield rig
 
 
-async def test_create_pay_notify_query_refund_refund_notify(wx: Rig, eventually: Any) -> None:
+async def test_create_pay_notify_query_refund_refund_notify(wx: WechatPayRig,
+                                                            eventually: Any) -> None:
     order = await wx.service.create_order("WX20240001", 1230, "门诊缴费", "native")
     assert order.submit is Submit.ACCEPTED
     assert order.state is OrderState.CREATED
     assert order.extra["code_url"] == "weixin://wxpay/bizpayurl?pr=WX20240001"
 
     await wx.control.pay("WX20240001")
-    await eventually(lambda: _is(wx, "WX20240001", OrderState.PAID))
+    await eventually(lambda: wx.is_("WX20240001", OrderState.PAID))
     assert len(wx.channel.messages) == 1
     message = wx.channel.messages[0]
     event = orjson.loads(message.body)
@@ -114,13 +66,13 @@ async def test_create_pay_notify_query_refund_refund_notify(wx: Rig, eventually:
 
     first = await wx.service.refund("WX20240001", "WX20240001R1", 230, "部分退费")
     assert first.state in (RefundState.PROCESSING, RefundState.SUCCESS)
-    await eventually(lambda: _refund_is(wx, "WX20240001R1", RefundState.SUCCESS))
+    await eventually(lambda: wx.refund_is("WX20240001R1", RefundState.SUCCESS))
     order = await _order(wx, "WX20240001")
     assert order.state is OrderState.PAID
     assert order.refunded_fen == 230
 
     await wx.service.refund("WX20240001", "WX20240001R2", 1000)
-    await eventually(lambda: _is(wx, "WX20240001", OrderState.REFUNDED))
+    await eventually(lambda: wx.is_("WX20240001", OrderState.REFUNDED))
     order = await _order(wx, "WX20240001")
     assert order.refunded_fen == 1230
     moves = [(t.from_state, t.to_state) for t in await wx.store.transitions("wechatpay",
@@ -136,26 +88,8 @@ async def test_create_pay_notify_query_refund_refund_notify(wx: Rig, eventually:
     assert stats["refunded_fen"] == 1230
 
 
-async def test_notification_replayed_15_times_changes_the_order_once(wx: Rig,
-                                                                      eventually: Any) -> None:
-    await wx.control.faults(duplicate_notifications=15)
-    await wx.service.create_order("WX20240002", 500, "检查费", "native")
-    await wx.control.pay("WX20240002")
-
-    async def all_delivered() -> bool:
-        records = await wx.control.notifications()
-        return len(records) == 1 and records[0]["delivered"] == 15
-
-    await eventually(all_delivered)
-    moves = await wx.store.transitions("wechatpay", "WX20240002")
-    assert [(t.from_state, t.to_state) for t in moves] == [("created", "paid")]
-    assert len(await wx.store.events("wechatpay", "WX20240002")) == 1
-    assert wx.channel.calls == 1
-    assert (await wx.control.stats())["charges"] == 1
-
-
 async def test_callback_the_engine_cannot_take_is_answered_fail_and_retried(
-        wx: Rig, eventually: Any) -> None:
+        wx: WechatPayRig, eventually: Any) -> None:
     wx.channel.refuse_next = 2
     await wx.service.create_order("WX20240015", 660, "检查费", "native")
     await wx.control.pay("WX20240015")
@@ -175,7 +109,7 @@ async def test_callback_the_engine_cannot_take_is_answered_fail_and_retried(
 
 
 async def test_forged_stale_unknown_and_wrong_amount_callbacks_are_refused(
-        wx: Rig, http: aiohttp.ClientSession) -> None:
+        wx: WechatPayRig, http: aiohttp.ClientSession) -> None:
     await wx.service.create_order("WX20240003", 1000, "药费", "native")
     url = wx.source.url
     cases = {
@@ -208,7 +142,7 @@ async def test_forged_stale_unknown_and_wrong_amount_callbacks_are_refused(
 
 
 async def test_lost_create_response_is_resolved_by_query_with_one_charge(
-        wx: Rig, eventually: Any) -> None:
+        wx: WechatPayRig, eventually: Any) -> None:
     await wx.control.faults(drop_after_commit=1)
     order = await wx.service.create_order("WX20240004", 880, "住院预交金", "native")
     assert order.submit is Submit.ACCEPTED  # found by the query, not created twice
@@ -217,14 +151,14 @@ async def test_lost_create_response_is_resolved_by_query_with_one_charge(
     assert stats["orders_created"] == 1
     assert stats["query_calls"] == 1
     await wx.control.pay("WX20240004")
-    await eventually(lambda: _is(wx, "WX20240004", OrderState.PAID))
+    await eventually(lambda: wx.is_("WX20240004", OrderState.PAID))
     stats = await wx.control.stats()
     assert stats["charges"] == 1
     assert stats["orders_created"] == 1
 
 
 async def test_timed_out_create_and_refund_are_resolved_by_query_before_any_retry(
-        wx: Rig, eventually: Any) -> None:
+        wx: WechatPayRig, eventually: Any) -> None:
     impatient = WechatPayClient(wx.client.settings.model_copy(update={"timeout": 0.2}))
     await impatient.start()
     service = PaymentService(impatient, wx.store)
@@ -247,7 +181,7 @@ async def test_timed_out_create_and_refund_are_resolved_by_query_before_any_retr
         assert stats["query_calls"] == 2  # the one that timed out, the one that answered
 
         await wx.control.pay("WX20240016")
-        await eventually(lambda: _is(wx, "WX20240016", OrderState.PAID))
+        await eventually(lambda: wx.is_("WX20240016", OrderState.PAID))
         await wx.control.faults(latency=0.4)
         with pytest.raises(TransientError):
             await service.refund("WX20240016", "WX20240016R1", 450)
@@ -263,12 +197,12 @@ async def test_timed_out_create_and_refund_are_resolved_by_query_before_any_retr
         refund = await service.refund("WX20240016", "WX20240016R1", 450)
         assert refund.state in (RefundState.PROCESSING, RefundState.SUCCESS)
         assert (await wx.control.stats())["refunds_created"] == 1
-        await eventually(lambda: _is(wx, "WX20240016", OrderState.REFUNDED))
+        await eventually(lambda: wx.is_("WX20240016", OrderState.REFUNDED))
     finally:
         await impatient.close()
 
 
-async def test_5xx_on_create_is_queried_then_sent_once_more(wx: Rig) -> None:
+async def test_5xx_on_create_is_queried_then_sent_once_more(wx: WechatPayRig) -> None:
     await wx.control.faults(fail_5xx=1)
     order = await wx.service.create_order("WX20240005", 100, "挂号费", "jsapi",
                                           {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"})
@@ -280,7 +214,7 @@ async def test_5xx_on_create_is_queried_then_sent_once_more(wx: Rig) -> None:
     assert params["signType"] == "RSA"
 
 
-async def test_stored_order_is_queried_before_it_is_sent_again(wx: Rig) -> None:
+async def test_stored_order_is_queried_before_it_is_sent_again(wx: WechatPayRig) -> None:
     # A previous process stored the order and sent it, then died before the answer.
     request = OrderRequest("WX20240006", 300, "治疗费", "native", 1.0)
     await wx.store.create_order("wechatpay", request)
@@ -293,7 +227,7 @@ async def test_stored_order_is_queried_before_it_is_sent_again(wx: Rig) -> None:
     assert order.extra["code_url"].endswith("WX20240006")
 
 
-async def test_create_that_cannot_connect_stays_pending(wx: Rig) -> None:
+async def test_create_that_cannot_connect_stays_pending(wx: WechatPayRig) -> None:
     await wx.sim.stop()
     with pytest.raises(TransientError, match="cannot connect"):
         await wx.service.create_order("WX20240014", 300, "治疗费", "native")
@@ -301,17 +235,18 @@ async def test_create_that_cannot_connect_stays_pending(wx: Rig) -> None:
     assert order.submit is Submit.PENDING  # stored before the call
 
 
-async def test_lost_refund_response_is_resolved_by_query(wx: Rig, eventually: Any) -> None:
+async def test_lost_refund_response_is_resolved_by_query(wx: WechatPayRig, eventually: Any) -> None:
     await _paid(wx, "WX20240007", 1000, eventually)
     await wx.control.faults(drop_after_commit=1)
     refund = await wx.service.refund("WX20240007", "WX20240007R1", 400)
     assert refund.state in (RefundState.PROCESSING, RefundState.SUCCESS)
     assert (await wx.control.stats())["refunds_created"] == 1
-    await eventually(lambda: _refund_is(wx, "WX20240007R1", RefundState.SUCCESS))
+    await eventually(lambda: wx.refund_is("WX20240007R1", RefundState.SUCCESS))
     assert (await wx.control.stats())["refunded_fen"] == 400
 
 
-async def test_concurrent_refunds_never_exceed_the_payment(wx: Rig, eventually: Any) -> None:
+async def test_concurrent_refunds_never_exceed_the_payment(wx: WechatPayRig,
+                                                           eventually: Any) -> None:
     await _paid(wx, "WX20240008", 1000, eventually)
     results = await asyncio.gather(
         *(wx.service.refund("WX20240008", f"WX20240008R{i}", 300) for i in range(5)),
@@ -323,7 +258,7 @@ async def test_concurrent_refunds_never_exceed_the_payment(wx: Rig, eventually: 
     with pytest.raises(RefundExceedsPaid):
         await wx.service.refund("WX20240008", "WX20240008R9", 101)
     await wx.service.refund("WX20240008", "WX20240008R10", 100)
-    await eventually(lambda: _is(wx, "WX20240008", OrderState.REFUNDED))
+    await eventually(lambda: wx.is_("WX20240008", OrderState.REFUNDED))
     assert (await wx.control.stats())["refunded_fen"] == 1000
     # The same refund again is the same refund, not a second one.
     again = await wx.service.refund("WX20240008", "WX20240008R10", 100)
@@ -331,14 +266,14 @@ async def test_concurrent_refunds_never_exceed_the_payment(wx: Rig, eventually: 
     assert (await wx.control.stats())["refunds_created"] == 4
 
 
-async def test_refund_notice_before_payment_notice(wx: Rig, eventually: Any) -> None:
+async def test_refund_notice_before_payment_notice(wx: WechatPayRig, eventually: Any) -> None:
     await wx.control.faults(refund_before_payment=True)
     await wx.service.create_order("WX20240009", 2000, "手术费", "native")
     await wx.control.pay("WX20240009")
     order = await wx.service.sync("WX20240009")  # the notice is held back: learn it by query
     assert order.state is OrderState.PAID
     await wx.service.refund("WX20240009", "WX20240009R1", 2000)
-    await eventually(lambda: _is(wx, "WX20240009", OrderState.REFUNDED))
+    await eventually(lambda: wx.is_("WX20240009", OrderState.REFUNDED))
 
     async def both_delivered() -> bool:
         return all(r["delivered"] >= 1 for r in await wx.control.notifications())
@@ -352,11 +287,11 @@ async def test_refund_notice_before_payment_notice(wx: Rig, eventually: Any) -> 
         ("created", "paid"), ("paid", "refunding"), ("refunding", "refunded")]
 
 
-async def test_trade_bill_parses_to_the_simulator_totals(wx: Rig, eventually: Any) -> None:
+async def test_trade_bill_parses_to_the_simulator_totals(wx: WechatPayRig, eventually: Any) -> None:
     for no, amount in (("WX20240010", 1230), ("WX20240011", 1), ("WX20240012", 99999)):
         await _paid(wx, no, amount, eventually)
     await wx.service.refund("WX20240012", "WX20240012R1", 12345)
-    await eventually(lambda: _refund_is(wx, "WX20240012R1", RefundState.SUCCESS))
+    await eventually(lambda: wx.refund_is("WX20240012R1", RefundState.SUCCESS))
     totals = await wx.control.bill_totals()
     bill = await wx.client.trade_bill(totals["date"])
     assert bill.totals.lines == totals["lines"] == 4
@@ -373,7 +308,7 @@ async def test_trade_bill_parses_to_the_simulator_totals(wx: Rig, eventually: An
 
 
 def test_trade_bill_parser_rejects_inconsistent_or_malformed_bills() -> None:
-    good = TradeBillBook(APPID, MCHID).csv("2024-05-01")
+    good = TradeBillBook(WECHATPAY_APPID, WECHATPAY_MCHID).csv("2024-05-01")
     assert good.startswith(b"\xef\xbb\xbf")
     assert parse_trade_bill(good).totals.lines == 0
     with pytest.raises(BillError, match="header"):
@@ -389,7 +324,7 @@ def test_trade_bill_parser_rejects_inconsistent_or_malformed_bills() -> None:
         parse_trade_bill(good.replace(b"`0.00,`0.00,`0.0", b"`x,`0.00,`0.0"))
 
 
-async def test_logs_hold_no_key_material(wx: Rig, eventually: Any,
+async def test_logs_hold_no_key_material(wx: WechatPayRig, eventually: Any,
                                          caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     await wx.control.faults(drop_after_commit=1)
@@ -397,8 +332,8 @@ async def test_logs_hold_no_key_material(wx: Rig, eventually: Any,
     await wx.control.notify(url=wx.source.url, out_trade_no="WX20240013", forge=True)
     text = caplog.text
     assert "in doubt" in text  # the logs did record something
-    assert wx.apiv3 not in text
-    body = "".join(wx.merchant_pem.splitlines()[1:-1])
+    assert wx.client.settings.apiv3_key.get() not in text
+    body = "".join(wx.client.settings.merchant_private_key.get().splitlines()[1:-1])
     assert body[:40] not in text
     assert "PRIVATE KEY" not in text
 
@@ -407,7 +342,7 @@ def test_notify_config_requires_the_gateway_account_and_references() -> None:
     base = {"type": "payment_notify", "gateway": "wechatpay"}
     with pytest.raises(ValueError, match="wechatpay"):
         PaymentNotifyConfig.model_validate(base)
-    account = {"mchid": MCHID, "appid": APPID, "merchant_serial": "1",
+    account = {"mchid": WECHATPAY_MCHID, "appid": WECHATPAY_APPID, "merchant_serial": "1",
                "merchant_private_key": "-----BEGIN PRIVATE KEY-----",
                "apiv3_key": "${WX_APIV3}", "platform_certificates": ["file:/x.pem"]}
     with pytest.raises(ValueError, match="by reference"):
@@ -421,33 +356,24 @@ def test_notify_config_requires_the_gateway_account_and_references() -> None:
 # -- helpers ------------------------------------------------------------------------------
 
 
-async def _order(wx: Rig, no: str) -> Any:
+async def _order(wx: WechatPayRig, no: str) -> Any:
     order = await wx.store.order("wechatpay", no)
     assert order is not None
     return order
 
 
-async def _is(wx: Rig, no: str, state: OrderState) -> bool:
-    return await wx.state(no) is state
-
-
-async def _refund_is(wx: Rig, no: str, state: RefundState) -> bool:
-    refund = await wx.store.refund("wechatpay", no)
-    return refund is not None and refund.state is state
-
-
-async def _count(wx: Rig, n: int) -> bool:
+async def _count(wx: WechatPayRig, n: int) -> bool:
     return len(wx.channel.messages) >= n
 
 
-async def _sim_refunded(wx: Rig, fen: int) -> bool:
+async def _sim_refunded(wx: WechatPayRig, fen: int) -> bool:
     return (await wx.control.stats())["refunded_fen"] == fen
 
 
-async def _paid(wx: Rig, no: str, amount: int, eventually: Any) -> None:
+async def _paid(wx: WechatPayRig, no: str, amount: int, eventually: Any) -> None:
     await wx.service.create_order(no, amount, "费用", "native")
     await wx.control.pay(no)
-    await eventually(lambda: _is(wx, no, OrderState.PAID))
+    await eventually(lambda: wx.is_(no, OrderState.PAID))
 
 
 async def test_source_without_its_keys_starts_and_refuses_callbacks(
@@ -455,7 +381,7 @@ async def test_source_without_its_keys_starts_and_refuses_callbacks(
     # A fresh machine: the key files are not there yet. The source listens anyway and answers
     # every callback with a failure (the gateway retries); nothing reaches the channel.
     settings = WechatPaySettings(
-        mchid=MCHID, appid=APPID, merchant_serial="1",
+        mchid=WECHATPAY_MCHID, appid=WECHATPAY_APPID, merchant_serial="1",
         merchant_private_key=Secret(f"file:{tmp_path / 'missing.pem'}"),
         apiv3_key=Secret(f"file:{tmp_path / 'missing.key'}"),
         platform_certificates=[Secret(f"file:{tmp_path / 'missing-cert.pem'}")])
@@ -480,7 +406,7 @@ async def test_source_without_its_keys_starts_and_refuses_callbacks(
         await source.start(channel)
 
 
-async def test_simulator_refuses_bad_fault_settings(wx: Rig) -> None:
+async def test_simulator_refuses_bad_fault_settings(wx: WechatPayRig) -> None:
     with pytest.raises(RuntimeError, match="unknown fault"):
         await wx.control.faults(explode=True)
     with pytest.raises(RuntimeError, match="whole number"):
