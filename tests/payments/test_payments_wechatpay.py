@@ -182,6 +182,9 @@ async def test_timed_out_create_and_refund_are_resolved_by_query_before_any_retr
 
         await wx.control.pay("WX20240016")
         await eventually(lambda: wx.is_("WX20240016", OrderState.PAID))
+        # The refund settles (and its notice comes) a second after the gateway takes it, so
+        # the notice cannot settle it before we have looked at what the timeout left.
+        wx.sim.refund_delay = 1000.0  # times time_factor 0.001
         await wx.control.faults(latency=0.4)
         with pytest.raises(TransientError):
             await service.refund("WX20240016", "WX20240016R1", 450)
