@@ -250,15 +250,15 @@ class SimServer:
 
     def __post_init__(self) -> None:
         r = self.app.router
-        r.add_post("/_sim/faults", self._faults)
-        r.add_get("/_sim/faults", self._faults)
-        r.add_post("/_sim/pay", self._pay)
-        r.add_get("/_sim/stats", self._stats)
-        r.add_get("/_sim/bill-totals", self._bill_totals)
-        r.add_get("/_sim/keys", self._keys)
-        r.add_post("/_sim/notify", self._notify)
-        r.add_get("/_sim/notifications", self._notifications)
-        r.add_post("/_sim/release", self._release)
+        r.add_post("/_sim/faults", _control(self._faults))
+        r.add_get("/_sim/faults", _control(self._faults))
+        r.add_post("/_sim/pay", _control(self._pay))
+        r.add_get("/_sim/stats", _control(self._stats))
+        r.add_get("/_sim/bill-totals", _control(self._bill_totals))
+        r.add_get("/_sim/keys", _control(self._keys))
+        r.add_post("/_sim/notify", _control(self._notify))
+        r.add_get("/_sim/notifications", _control(self._notifications))
+        r.add_post("/_sim/release", _control(self._release))
 
     @property
     def url(self) -> str:
@@ -288,83 +288,64 @@ class SimServer:
             return await fail()
         return None
 
-    # -- control endpoints -----------------------------------------------------------------
+    # -- control endpoints (each answers what it returns as JSON; see ``_control``) ----------
 
-    @staticmethod
-    async def _body(request: web.Request) -> dict[str, Any]:
+    async def _faults(self, request: web.Request) -> Any:
+        if request.method == "POST":
+            self.faults.update(await _json_object(request))
+            if not self.faults.refund_before_payment:
+                self.notifier.release()
+        return asdict(self.faults)
+
+    async def _pay(self, request: web.Request) -> Any:
+        return await self.gateway.pay_action(await _json_object(request))
+
+    async def _stats(self, request: web.Request) -> Any:
+        return self.gateway.stats()
+
+    async def _bill_totals(self, request: web.Request) -> Any:
+        text = request.query.get("date")
+        day = dt.date.fromisoformat(text) if text else china_now().date()
+        return dict(self.gateway.bill_totals(day), date=day.isoformat())
+
+    async def _keys(self, request: web.Request) -> Any:
+        return self.gateway.public_material()
+
+    async def _notify(self, request: web.Request) -> Any:
+        return await self.gateway.crafted_notification(await _json_object(request))
+
+    async def _notifications(self, request: web.Request) -> Any:
+        return [asdict(r) for r in self.notifier.records]
+
+    async def _release(self, request: web.Request) -> Any:
+        return {"released": self.notifier.release()}
+
+
+def _control(endpoint: Callable[[web.Request], Awaitable[Any]]
+             ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An aiohttp handler answering ``endpoint``'s result as JSON, and a request it refuses
+    (``SimError``, or ``ValueError`` for a bad value) with ``{"error": ...}``."""
+
+    async def handle(request: web.Request) -> web.Response:
         try:
-            data = await request.json()
-        except ValueError:
-            raise SimError("body is not JSON") from None
-        if not isinstance(data, dict):
-            raise SimError("body is not a JSON object")
-        return data
+            return web.json_response(await endpoint(request))
+        except SimError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
 
-    @staticmethod
-    def _wrap(fn: Callable[[], Awaitable[Any]]) -> Awaitable[web.Response]:
-        async def run() -> web.Response:
-            try:
-                return web.json_response(await fn())
-            except SimError as exc:
-                return web.json_response({"error": str(exc)}, status=exc.status)
-            except ValueError as exc:
-                return web.json_response({"error": str(exc)}, status=400)
+    return handle
 
-        return run()
 
-    async def _faults(self, request: web.Request) -> web.Response:
-        async def run() -> Any:
-            if request.method == "POST":
-                self.faults.update(await self._body(request))
-                if not self.faults.refund_before_payment:
-                    self.notifier.release()
-            return asdict(self.faults)
-
-        return await self._wrap(run)
-
-    async def _pay(self, request: web.Request) -> web.Response:
-        return await self._wrap(lambda: self._pay_run(request))
-
-    async def _pay_run(self, request: web.Request) -> Any:
-        return await self.gateway.pay_action(await self._body(request))
-
-    async def _stats(self, request: web.Request) -> web.Response:
-        async def run() -> Any:
-            return self.gateway.stats()
-
-        return await self._wrap(run)
-
-    async def _bill_totals(self, request: web.Request) -> web.Response:
-        async def run() -> Any:
-            text = request.query.get("date")
-            day = dt.date.fromisoformat(text) if text else china_now().date()
-            return dict(self.gateway.bill_totals(day), date=day.isoformat())
-
-        return await self._wrap(run)
-
-    async def _keys(self, request: web.Request) -> web.Response:
-        async def run() -> Any:
-            return self.gateway.public_material()
-
-        return await self._wrap(run)
-
-    async def _notify(self, request: web.Request) -> web.Response:
-        async def run() -> Any:
-            return await self.gateway.crafted_notification(await self._body(request))
-
-        return await self._wrap(run)
-
-    async def _notifications(self, request: web.Request) -> web.Response:
-        async def run() -> Any:
-            return [asdict(r) for r in self.notifier.records]
-
-        return await self._wrap(run)
-
-    async def _release(self, request: web.Request) -> web.Response:
-        async def run() -> Any:
-            return {"released": self.notifier.release()}
-
-        return await self._wrap(run)
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """A control request's JSON object body (``SimError`` for anything else)."""
+    try:
+        data = await request.json()
+    except ValueError:
+        raise SimError("body is not JSON") from None
+    if not isinstance(data, dict):
+        raise SimError("body is not a JSON object")
+    return data
 
 
 def write_key_files(directory: Path, contents: dict[str, tuple[str, str]]) -> dict[str, Path]:
