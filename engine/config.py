@@ -50,6 +50,8 @@ class StoreConfig(Model):
     path: str = "data/hisbridge.db"
     synchronous: Literal["FULL", "EXTRA", "NORMAL"] = "FULL"
     max_batch: int = Field(default=512, ge=1, le=10_000)
+    # Delete finished messages and their history after this many days (0 keeps them).
+    retention_days: float = Field(default=0, ge=0)
 
 
 class SqliteQueueConfig(Model):

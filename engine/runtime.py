@@ -27,6 +27,7 @@ from engine.message import Message
 from engine.metrics import Gauge, Metrics
 from engine.outbox import Outbox, outbox_for
 from engine.pipeline import ChannelWorker, DestinationRuntime, DestinationWorker
+from engine.retention import run_retention
 from engine.store import REPLAYED, MessageStore
 from queues.contract import QueueBackend
 from queues.rabbitmq.backend import RabbitQueue
@@ -91,6 +92,7 @@ class Engine:
         self.admin_token = ""
         self.outbox: Outbox | None = None
         self.mapping_pool: MappingPool | None = None
+        self._retention: asyncio.Task[None] | None = None
         self.started_at = 0.0
         self._started = False
 
@@ -130,6 +132,10 @@ class Engine:
             for rt in self.channels.values():
                 await rt.source.start(rt.ingest)
             self._register_gauges()
+            if self.config.store.retention_days:
+                self._retention = asyncio.create_task(
+                    run_retention(self.db, self.config.store.retention_days), name="retention"
+                )
             if self.config.admin.enabled:
                 from engine.admin import AdminServer
 
@@ -198,6 +204,10 @@ class Engine:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, finish in-flight work (up to ``grace`` s), then close everything."""
+        if self._retention is not None:
+            self._retention.cancel()
+            await asyncio.gather(self._retention, return_exceptions=True)
+            self._retention = None
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (channel, dedup_key);
 CREATE INDEX IF NOT EXISTS messages_control ON messages (control_id);
+CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY,
     message_id  TEXT NOT NULL,
