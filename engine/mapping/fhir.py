@@ -6,6 +6,11 @@ output is walked through the model, so ``birthdate`` or ``name.family`` (``name`
 fails ``hisbridge check`` with a suggestion. At run time each resource is validated, unless
 the mapping says ``validate = false``; a resource that fails is a MappingError carrying the
 validation messages (element paths and reasons, never the values).
+
+Validation first asks ``fhir_check.vouch``, a structural check derived from the same models
+that costs a few microseconds; only what it cannot vouch for goes through fhir.resources
+(``model_validate``), which then decides, with its own messages. ``hisbridge test`` runs
+both on every fixture and fails if the fast check passes what fhir.resources refuses.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engine.mapping import fhir_check
 from engine.mapping.json_paths import APPEND, LAST, STAR
 from engine.mapping.transforms import suggest
 from engine.mapping.values import Problem
@@ -127,8 +133,43 @@ def check_path(resource_type: str, steps: list[Any]) -> None:
         cls = element.child
 
 
-def validate(resource_type: str, resource: dict[str, Any], model: Any) -> None:
-    """Raise Problem with the validation messages when ``resource`` is not valid FHIR."""
+VALIDATION_MODES = ("fast", "full", "both")
+FAST_CHECK_WRONG = "the fast FHIR check passed a resource fhir.resources refuses"
+
+
+def validate(
+    resource_type: str, resource: dict[str, Any], model: Any, mode: str = "fast"
+) -> None:
+    """Raise Problem with the validation messages when ``resource`` is not valid FHIR.
+
+    ``mode``: ``fast`` asks ``fhir_check.vouch`` and falls back to fhir.resources when it
+    cannot vouch; ``full`` always uses fhir.resources; ``both`` runs both and fails if the
+    fast check vouched for a resource fhir.resources refuses (fixtures and tests).
+    """
+    if mode == "full":
+        _validate_fully(resource_type, resource, model)
+        return
+    vouched = fhir_check.vouch(model, resource)
+    if mode == "fast":
+        if not vouched:
+            _validate_fully(resource_type, resource, model)
+        return
+    try:
+        _validate_fully(resource_type, resource, model)
+    except Problem as exc:
+        if vouched:
+            raise Problem(
+                f"{FAST_CHECK_WRONG} ({exc})"
+            ) from None
+        raise
+
+
+def prepare(model: Any) -> None:
+    """Build the fast check's table for ``model`` now (at load) rather than on first use."""
+    fhir_check.shape(model)
+
+
+def _validate_fully(resource_type: str, resource: dict[str, Any], model: Any) -> None:
     try:
         model.model_validate(resource)
     except ValidationError as exc:

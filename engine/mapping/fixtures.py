@@ -19,6 +19,7 @@ segment, XML canonicalized; a failure shows a unified diff of those forms.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from lxml import etree
 
 from engine.contracts import Payload
 from engine.errors import ConfigError, MappingError
+from engine.mapping.fhir import FAST_CHECK_WRONG
 from engine.mapping.json_output import dumps
 from engine.mapping.loader import load_mapping
 from engine.mapping.program import CompiledMapping
@@ -156,6 +158,9 @@ def _xml_blocks(text: str) -> Iterator[str]:
 
 
 def run_fixture(mapping: CompiledMapping, fixture: Fixture) -> Outcome:
+    """Run one fixture. FHIR resources are validated both ways (the fast check and
+    fhir.resources), so a fixture also fails if the fast check would pass an invalid one."""
+    mapping = dataclasses.replace(mapping, fhir_validation="both")
     try:
         headers = load_headers(fixture.headers)
         payload = read_input(fixture.input, mapping, headers)
@@ -164,6 +169,8 @@ def run_fixture(mapping: CompiledMapping, fixture: Fixture) -> Outcome:
     try:
         outputs = mapping.run(payload, now=FIXTURE_NOW)
     except MappingError as exc:
+        if FAST_CHECK_WRONG in str(exc):
+            return Outcome(fixture, False, str(exc))
         if fixture.error is not None:
             wanted = fixture.error.read_text(encoding="utf-8").strip()
             if wanted in str(exc):

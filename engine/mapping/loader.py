@@ -333,6 +333,7 @@ def _output(raw: dict[str, Any], ctx: _Context, where: str, keys: set[str]) -> O
         else:
             try:
                 model = fhir.model_class(resource)
+                fhir.prepare(model)
             except ValueError as exc:
                 ctx.problems.add(label, str(exc))
                 resource = None

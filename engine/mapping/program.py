@@ -213,6 +213,7 @@ class CompiledMapping:
     namespaces: dict[str, str] = field(default_factory=dict)
     outputs_by_name: dict[str, Output] = field(default_factory=dict)
     encoding: str = "utf-8"  # of HL7 v2 output, as its MSH-18 declares
+    fhir_validation: str = "fast"  # fhir.VALIDATION_MODES; fixtures run "both"
 
     def apply(self, payload: Payload) -> list[Payload]:
         """Map one payload; [] when the mapping's ``when`` does not match.
@@ -393,7 +394,7 @@ class CompiledMapping:
             assert out.resource is not None
             if self.validate:
                 try:
-                    fhir.validate(out.resource, resource, out.model)
+                    fhir.validate(out.resource, resource, out.model, self.fhir_validation)
                 except Problem as exc:
                     raise self._fail(f"{out.label} (item {n + 1})", str(exc)) from None
             try:
