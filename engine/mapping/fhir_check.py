@@ -16,8 +16,8 @@ a leap second, a contained resource, a missing required element, two choices of 
 validates with fhir.resources as before, so what is refused, and the message saying why,
 stay exactly what fhir.resources says. The rules per primitive mirror fhir_core's types:
 
-- string: a ``str`` with a character from fhir_core's pattern ``[ \\r\\n\\t\\S]``;
-- code: a ``str`` of non-space runs joined by single spaces;
+- string: a ``str`` that is not empty nor only whitespace (fhir_core: ``[ \\r\\n\\t\\S]+``);
+- code: a ``str`` of non-whitespace runs joined by single spaces;
 - id: 1 to the configured maximum of ``[A-Za-z0-9\\-.]``;
 - uri, canonical, markdown: any ``str`` (their patterns match every string);
 - oid: ``urn:oid:`` and dotted numbers;
@@ -48,19 +48,20 @@ Check = Callable[[Any], bool]
 
 # -- primitives ------------------------------------------------------------------------------
 
-_STRING = re.compile(r"[ \r\n\t\S]")
-_CODE = re.compile(r"[^\s]+(?: [^\s]+)*")
 _ID = re.compile(r"[A-Za-z0-9\-.]+")
 _OID = re.compile(r"urn:oid:[0-2](\.(0|[1-9][0-9]*))+")
 _TIME_TAIL = re.compile(r"T[0-9]{2}:[0-9]{2}:([0-9]{2})(?:\.([0-9]+))?")
 
 
 def _string(v: Any) -> bool:
-    return type(v) is str and _STRING.search(v) is not None
+    # Some character is not Python whitespace (so not Rust's ``\s`` either): ``\S`` matches.
+    return type(v) is str and v != "" and not v.isspace()
 
 
 def _code(v: Any) -> bool:
-    return type(v) is str and _CODE.fullmatch(v) is not None
+    # Runs of non-whitespace joined by single spaces: ``[^\s]+( [^\s]+)*`` in full, as
+    # ``str.split`` and ``re``'s ``\s`` both use Python's whitespace (a superset of Rust's).
+    return type(v) is str and v != "" and " ".join(v.split()) == v
 
 
 def _any_text(v: Any) -> bool:
@@ -182,20 +183,25 @@ class Shape:
     """What one model class accepts, by JSON key (the field alias).
 
     Attributes:
-        fields: key → (repeats, check); check is a ``Shape`` for a complex type, a function
-            for a primitive, or None for what this module does not vouch for.
+        fields: key → (kind, check): ``PRIMITIVE`` or ``PRIMITIVES`` (a list) with a
+            function, ``ELEMENT`` or ``ELEMENTS`` with a ``Shape``, or ``UNCHECKED`` for what
+            this module does not vouch for.
         required: keys that must be present (``default=...`` fields and the primitives of
             ``get_required_fields``).
         choices: the keys of each ``[x]`` element, with whether one of them is required.
     """
 
-    __slots__ = ("choices", "fields", "required", "resource_type")
+    __slots__ = ("choices", "fields", "plain", "required", "resource_type")
 
     def __init__(self) -> None:
-        self.fields: dict[str, tuple[bool, Shape | Check | None]] = {}
+        self.fields: dict[str, tuple[int, Any]] = {}
         self.required: tuple[str, ...] = ()
         self.choices: tuple[tuple[tuple[str, ...], bool], ...] = ()
+        self.plain = True  # neither required elements nor choices: nothing to count
         self.resource_type = ""
+
+
+UNCHECKED, PRIMITIVE, PRIMITIVES, ELEMENT, ELEMENTS = range(5)
 
 
 _SHAPES: dict[type, Shape] = {}
@@ -216,7 +222,13 @@ def shape(model: type[FHIRAbstractModel]) -> Shape:
         if name == "fhir_comments" or key.startswith("_"):
             continue  # neither is ever vouched for: absent from the table
         repeats, check = _field(info.annotation)
-        result.fields[key] = (repeats, check)
+        if check is None:
+            kind = UNCHECKED
+        elif type(check) is Shape:
+            kind = ELEMENTS if repeats else ELEMENT
+        else:
+            kind = PRIMITIVES if repeats else PRIMITIVE
+        result.fields[key] = (kind, check)
     blank = model.model_construct()
     required = {aliases[n] for n, info in model.model_fields.items() if info.is_required()}
     required.update(aliases[model.get_alias_mapping()[element]]
@@ -228,6 +240,7 @@ def shape(model: type[FHIRAbstractModel]) -> Shape:
         needed = isinstance(extra, dict) and extra.get("one_of_many_required") is True
         choices.append((tuple(aliases[n] for n in names), needed))
     result.choices = tuple(choices)
+    result.plain = not result.required and not result.choices
     return result
 
 
@@ -289,25 +302,29 @@ def _vouch(s: Shape, node: dict[str, Any], top: bool = False) -> bool:
             if top and key == "resourceType":
                 continue  # compared with the model's type by ``vouch``
             return False
-        repeats, check = entry
-        if check is None:
-            return False
-        if repeats:
-            if type(value) is not list or not value:
+        kind, check = entry
+        if kind == PRIMITIVE:
+            if not check(value):
                 return False
-            if type(check) is Shape:
-                for item in value:
-                    if type(item) is not dict or not _vouch(check, item):
-                        return False
-            else:
-                for item in value:
-                    if not check(item):  # type: ignore[operator]
-                        return False
-        elif type(check) is Shape:
+        elif kind == ELEMENT:
             if type(value) is not dict or not _vouch(check, value):
                 return False
-        elif not check(value):  # type: ignore[operator]
+        elif kind == ELEMENTS:
+            if type(value) is not list or not value:
+                return False
+            for item in value:
+                if type(item) is not dict or not _vouch(check, item):
+                    return False
+        elif kind == PRIMITIVES:
+            if type(value) is not list or not value:
+                return False
+            for item in value:
+                if not check(item):
+                    return False
+        else:
             return False
+    if s.plain:
+        return True
     for key in s.required:
         if key not in node:
             return False
