@@ -32,9 +32,17 @@ from engine.mapping.values import as_text, flatten
 
 
 class PathReader(Protocol):
-    """What a condition needs from a compiled source path."""
+    """What a condition needs from a compiled source path.
+
+    A path whose ``single_text`` attribute is true yields at most one value, a string (HL7
+    paths without ``[*]``): conditions on it compare that string directly.
+    """
 
     def values(self, scope: Any, run: Any) -> list[Any]: ...
+
+
+def _single_text(path: PathReader) -> bool:
+    return getattr(path, "single_text", False) is True
 
 
 PathCompiler = Callable[[str], PathReader]
@@ -187,6 +195,32 @@ class _Compare:
 
 
 @dataclass(frozen=True, slots=True)
+class _EqualsText:
+    """``path = "text"`` / ``path != "text"`` on a ``single_text`` path: one comparison."""
+
+    left: PathReader
+    wanted: str
+    negate: bool
+
+    def test(self, scope: Any, run: Any) -> bool:
+        found = self.left.values(scope, run)
+        hit = (found[0] if found else "") == self.wanted
+        return hit is not self.negate
+
+
+@dataclass(frozen=True, slots=True)
+class _InTexts:
+    """``path in ("a", "b")`` on a ``single_text`` path: one set lookup."""
+
+    left: PathReader
+    texts: frozenset[str]
+
+    def test(self, scope: Any, run: Any) -> bool:
+        found = self.left.values(scope, run)
+        return (found[0] if found else "") in self.texts
+
+
+@dataclass(frozen=True, slots=True)
 class _In:
     left: PathReader
     options: tuple[Any, ...]
@@ -226,7 +260,10 @@ class _All:
     parts: tuple[Condition, ...]
 
     def test(self, scope: Any, run: Any) -> bool:
-        return all(p.test(scope, run) for p in self.parts)
+        for p in self.parts:  # noqa: SIM110 - a loop, not all(generator): a hot path
+            if not p.test(scope, run):
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +271,10 @@ class _Any:
     parts: tuple[Condition, ...]
 
     def test(self, scope: Any, run: Any) -> bool:
-        return any(p.test(scope, run) for p in self.parts)
+        for p in self.parts:  # noqa: SIM110 - a loop, not any(generator): a hot path
+            if p.test(scope, run):
+                return True
+        return False
 
 
 # -- the parser ------------------------------------------------------------------------------
@@ -345,6 +385,11 @@ class _Parser:
         if tok.kind == "op":
             self.pos += 1
             right, numeric = self.operand(left=False)
+            if (
+                tok.text in ("=", "!=") and _single_text(left) and isinstance(right, _Literal)
+                and isinstance(right.value, str)
+            ):
+                return _EqualsText(left, right.value, tok.text == "!=")
             return _Compare(left, tok.text, right, numeric)
         if tok.kind == "word" and tok.text == "in":
             self.pos += 1
@@ -360,6 +405,8 @@ class _Parser:
             texts = (
                 frozenset(options) if all(isinstance(o, str) for o in options) else None
             )
+            if texts is not None and _single_text(left):
+                return _InTexts(left, texts)
             return _In(left, tuple(options), texts)
         if tok.kind == "word" and tok.text == "matches":
             self.pos += 1

@@ -47,8 +47,8 @@ _REL_REP = re.compile(r"\.(?:(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?$")
 class Hl7Doc:
     """A parsed message with a segment-name index, shared by every scope of one run."""
 
-    __slots__ = ("_comps", "_reps", "comp_sep", "esc", "index", "memo", "msg", "rep_sep",
-                 "sub_sep")
+    __slots__ = ("_comps", "_reps", "comp_sep", "esc", "groups", "index", "memo", "msg",
+                 "rep_sep", "sub_sep")
 
     def __init__(self, msg: Hl7Message) -> None:
         self.msg = msg
@@ -64,6 +64,8 @@ class Hl7Doc:
         self._comps: dict[str, list[str]] = {}
         # Results of [*] / where paths, by path and scope: rules often repeat a filter.
         self.memo: dict[tuple[int, int, int, int, int, int, bool], Any] = {}
+        # The group of one segment occurrence, by (name, occurrence, scope).
+        self.groups: dict[tuple[Any, ...], list[Hl7Scope]] = {}
 
     def reps(self, seg: int, field: int) -> list[str]:
         """The repetitions of a field (raw), split once per run."""
@@ -210,6 +212,11 @@ class Hl7Path:
         return self.occ == STAR or self.rep == STAR
 
     @property
+    def single_text(self) -> bool:
+        """At most one value, a string: conditions compare it directly."""
+        return not self.multi
+
+    @property
     def selects_segment(self) -> bool:
         return self.field is None and self.kind != "rep"
 
@@ -230,6 +237,18 @@ class Hl7Path:
                 for number, item in enumerate(items, start=1):
                     item.index = number
             return items
+        # One occurrence (PID-3[*] reads the PID group): the same for every path that
+        # names it from this scope, so it is worked out once per run.
+        key = (self.segment, self.occ, scope.lo, scope.hi, scope.seg, scope.parents)
+        doc = scope.doc
+        chosen = doc.groups.get(key)
+        if chosen is None:
+            chosen = self._occurrence(scope)
+            doc.groups[key] = chosen
+        return chosen
+
+    def _occurrence(self, scope: Hl7Scope) -> list[Hl7Scope]:
+        assert self.segment is not None
         pos = scope.first(self.segment, self.occ or 1)
         if pos < 0:
             return []

@@ -113,8 +113,18 @@ class JsonBuilder:
         return slot
 
     def write(self, target: JsonTarget, base: Slot | None, values: list[Any]) -> None:
-        if target.keys_only and not target.relative:
-            node = self.holder[0]
+        if target.keys_only:
+            # a.b.c (or .a.b from a group's base): a short loop over dicts.
+            if target.relative and base is not None:
+                container, key = base
+                node = container[key] if type(container) is list else container.get(key)
+                if node is None:
+                    node = {}
+                    container[key] = node
+                elif type(node) is not dict:
+                    raise Problem(f"target {target.text}: {key!r} holds a value, not an object")
+            else:
+                node = self.holder[0]
             steps = target.steps
             for key in steps[:-1]:
                 nxt = node.get(key)

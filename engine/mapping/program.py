@@ -121,14 +121,42 @@ class Template:
 
     text: str
     parts: tuple[str | JsonPath, ...]
+    # Per placeholder, its keys and indexes when it has nothing else (no [*], no where):
+    # rendered by a direct walk of the resource.
+    walks: tuple[tuple[Any, ...] | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.walks = tuple(
+            p.steps if isinstance(p, JsonPath) and not p.relative and p.where is None
+            and all(type(x) in (str, int) for x in p.steps) else None
+            for p in self.parts
+        )
 
     def render(self, resource: dict[str, Any]) -> str:
-        scope = JsonScope(resource, resource)
+        scope: JsonScope | None = None
         out = []
-        for part in self.parts:
+        for part, walk in zip(self.parts, self.walks, strict=True):
             if isinstance(part, str):
                 out.append(part)
                 continue
+            if walk is not None:
+                node: Any = resource
+                for step in walk:
+                    if type(step) is str:
+                        node = node.get(step) if type(node) is dict else None
+                    elif type(node) is list and -len(node) <= step < len(node):
+                        node = node[step]
+                    else:
+                        node = None
+                    if node is None:
+                        break
+                if type(node) is str and node:
+                    out.append(quote(node, safe=":/"))
+                    continue
+                if node is None or node == "":
+                    raise Problem(f"url {self.text!r}: {{{part.text}}} has no value")
+            if scope is None:
+                scope = JsonScope(resource, resource)
             values = [v for v in part.values(scope, None) if not is_empty(v)]
             if not values:
                 raise Problem(f"url {self.text!r}: {{{part.text}}} has no value")
@@ -360,7 +388,10 @@ class CompiledMapping:
                 for source in sources:
                     values.extend(source.values(scope, run))
             for transform in rule.transforms:
-                values = transform(values)
+                try:
+                    values = transform.fn(values)
+                except Problem as exc:
+                    raise Problem(f"transform {transform.name}: {exc}") from None
             if values:
                 values = [v for v in values if v is not None and v != "" and v != [] and v != {}]
             if not values:
