@@ -74,6 +74,7 @@ class RabbitQueue:
         self._publisher: AbstractRobustConnection | None = None
         self._subscriber: AbstractRobustConnection | None = None
         self._pub: AbstractRobustChannel | None = None
+        self._pub_raw: aiormq.Channel | None = None
         self._admin: AbstractRobustChannel | None = None
         self._closing = False
         self._was_lost = False
@@ -248,15 +249,28 @@ class RabbitQueue:
             if isinstance(result, BaseException):
                 raise result
 
+    async def _publisher_channel(self) -> aiormq.Channel:
+        """The publishing channel's aiormq channel (a new one after each reconnection)."""
+        raw = self._pub_raw
+        if raw is None or raw.is_closed:
+            assert self._pub is not None
+            async with asyncio.timeout(self.config.publish_timeout):
+                underlay = await self._pub.get_underlay_channel()
+            assert isinstance(underlay, aiormq.Channel)
+            raw = self._pub_raw = underlay
+        return raw
+
     async def _send_one(self, exchange: str, routing_key: str, message: Outgoing) -> None:
-        assert self._pub is not None
         try:
-            async with self._window, asyncio.timeout(self.config.publish_timeout):
-                # aiormq directly: the hot path skips aio-pika's message objects.
-                channel = await self._pub.get_underlay_channel()
+            async with self._window:
+                channel = await self._publisher_channel()
+                # aiormq directly: the hot path skips aio-pika's message objects. No
+                # ``wait`` for the socket write: the confirm that follows implies it, and
+                # the window above bounds what may be buffered.
                 await channel.basic_publish(
                     message.body, exchange=exchange, routing_key=routing_key,
                     properties=message.properties, mandatory=True,
+                    timeout=self.config.publish_timeout, wait=False,
                 )
         except PublishError:
             raise QueueUnavailable(
