@@ -25,6 +25,7 @@ current order's while ``PID-3`` is the patient's.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from engine.mapping.conditions import Condition, compile_condition, split_where
 from engine.mapping.specials import in_conditions
 
 STAR = -1
+_ONE, _RAW, _REP, _GENERAL = range(4)
 _ABS = re.compile(
     r"(?P<seg>[A-Z][A-Z0-9]{2})(?:\[(?P<occ>\*|\d+)\])?"
     r"(?:-(?P<field>\d+)(?:\[(?P<rep>\*|\d+)\])?(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?)?$"
@@ -93,7 +95,11 @@ class Hl7Doc:
             text = subs[sub] if sub < len(subs) else ""
         elif sub:
             return ""
-        return self.text(text) if text else ""
+        if not text or text == '""':
+            return ""
+        if self.esc and self.esc in text:
+            return self.text(text)
+        return text
 
     def text(self, raw: str) -> str:
         """A component's raw text as a value: unescaped, with line breaks as ``\\n``."""
@@ -206,6 +212,25 @@ class Hl7Path:
     comp: int | None
     sub: int | None
     where: Condition | None
+    # Worked out once from the above, for ``values``: which shortcut applies (_ONE, _RAW,
+    # _REP or _GENERAL), and the 0-based positions it reads.
+    mode: int = dataclasses.field(default=0, init=False, repr=False, compare=False)
+    f0: int = dataclasses.field(default=0, init=False, repr=False, compare=False)
+    k0: int = dataclasses.field(default=0, init=False, repr=False, compare=False)
+    c0: int = dataclasses.field(default=0, init=False, repr=False, compare=False)
+    s0: int = dataclasses.field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        single = self.occ != STAR and self.rep != STAR
+        if self.kind == "rep":
+            mode = _REP
+        elif self.kind == "abs" and single:
+            mode = _RAW if self.segment == "MSH" and (self.field or 0) <= 2 else _ONE
+        else:
+            mode = _GENERAL
+        for name, value in (("mode", mode), ("f0", self.field or 0), ("k0", (self.rep or 1) - 1),
+                            ("c0", (self.comp or 1) - 1), ("s0", (self.sub or 1) - 1)):
+            object.__setattr__(self, name, value)
 
     @property
     def multi(self) -> bool:
@@ -305,33 +330,35 @@ class Hl7Path:
 
     def values(self, scope: Hl7Scope, run: Any) -> list[Any]:
         doc = scope.doc
-        comp = (self.comp or 1) - 1
-        sub = (self.sub or 1) - 1
-        if self.kind == "abs" and self.occ != STAR and self.rep != STAR:
+        mode = self.mode
+        if mode == _ONE:
             # The common case (PID-7, PV1-19.1): one segment, one repetition.
-            pos = scope.first(self.segment or "", self.occ or 1)
+            pos = scope.first(self.segment, self.occ or 1)  # type: ignore[arg-type]
             if pos < 0:
                 return []
-            f = self.field or 0
-            if f <= 2 and self.segment == "MSH":
-                fields = doc.msg.fields(pos)
-                raw = fields[f] if f < len(fields) else ""
-                return [raw] if raw else []
-            reps = doc.reps(pos, f)
-            k = (self.rep or 1) - 1
-            if k >= len(reps):
+            reps = doc.reps(pos, self.f0)
+            if self.k0 >= len(reps):
                 return []
-            value = doc.leaf(reps[k], comp, sub)
+            value = doc.leaf(reps[self.k0], self.c0, self.s0)
             return [value] if value else []
-        if self.kind == "rep":
+        if mode == _REP:
             # .C inside a repetition (in where and each): direct, no memo needed.
             if scope.seg < 0:
                 return []
             reps = doc.reps(scope.seg, scope.field)
             if scope.rep >= len(reps):
                 return []
-            value = doc.leaf(reps[scope.rep], comp, sub)
+            value = doc.leaf(reps[scope.rep], self.c0, self.s0)
             return [value] if value else []
+        if mode == _RAW:
+            # MSH-1 and MSH-2: the delimiters, as they are.
+            pos = scope.first("MSH", self.occ or 1)
+            if pos < 0:
+                return []
+            fields = doc.msg.fields(pos)
+            raw = fields[self.f0] if self.f0 < len(fields) else ""
+            return [raw] if raw else []
+        comp, sub = self.c0, self.s0
         key = (id(self), scope.lo, scope.hi, scope.seg, scope.field, scope.rep, False)
         found = doc.memo.get(key)
         if found is not None:

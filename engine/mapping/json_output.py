@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from engine.mapping.json_paths import APPEND, LAST, STAR, parse_steps
-from engine.mapping.values import Problem, is_empty
+from engine.mapping.values import CONTAINERS, Problem, is_empty
 
 Slot = tuple[Any, Any]  # (container, key): where a value lives
 
@@ -106,11 +106,27 @@ class JsonBuilder:
             return (cur, idx)
         raise Problem(f"target {path}: [*] is only allowed where values are written")
 
+    def _walk(self, slot: Slot, steps: tuple[Any, ...], path: str) -> Slot:
+        """``_step`` over ``steps``, with keys and existing list elements handled inline."""
+        container, key = slot
+        for step in steps:
+            cur = container[key] if type(container) is list else container.get(key)
+            if type(step) is str:
+                if cur is None:
+                    cur = {}
+                    container[key] = cur
+                elif not isinstance(cur, dict):
+                    raise Problem(f"target {path}: {key!r} holds a value, not an object")
+                container, key = cur, step
+            elif type(step) is int and type(cur) is list and step < len(cur):
+                container, key = cur, step
+            else:
+                container, key = self._step((container, key), step, path)
+        return (container, key)
+
     def locate(self, target: JsonTarget, base: Slot | None) -> Slot:
         slot = base if (target.relative and base is not None) else self.root()
-        for step in target.steps:
-            slot = self._step(slot, step, target.text)
-        return slot
+        return self._walk(slot, target.steps, target.text)
 
     def write(self, target: JsonTarget, base: Slot | None, values: list[Any]) -> None:
         if target.keys_only:
@@ -135,27 +151,22 @@ class JsonBuilder:
                     raise Problem(f"target {target.text}: {key!r} holds a value, not an object")
                 node = nxt
             value = values[0]
-            node[steps[-1]] = copy.deepcopy(value) if isinstance(value, dict | list) else value
+            node[steps[-1]] = copy.deepcopy(value) if isinstance(value, CONTAINERS) else value
             return
         slot = base if (target.relative and base is not None) else self.root()
         if target.spread < 0:
-            for step in target.steps:
-                slot = self._step(slot, step, target.text)
-            _set(slot, values[0])
+            _set(self._walk(slot, target.steps, target.text), values[0])
             return
-        for step in target.steps[: target.spread]:
-            slot = self._step(slot, step, target.text)
+        slot = self._walk(slot, target.steps[: target.spread], target.text)
         rest = target.steps[target.spread + 1 :]
         for value in values:
             item = self._step(slot, APPEND, target.text)
-            for step in rest:
-                item = self._step(item, step, target.text)
-            _set(item, value)
+            _set(self._walk(item, rest, target.text), value)
 
 
 def _set(slot: Slot, value: Any) -> None:
     container, key = slot
-    if isinstance(value, dict | list):
+    if isinstance(value, CONTAINERS):
         value = copy.deepcopy(value)
     container[key] = value
 

@@ -204,6 +204,14 @@ class Run:
         h = hashlib.blake2b(self.digest + salt.encode(), digest_size=16).digest()
         return uuid.UUID(bytes=h, version=4)
 
+    def make_id(self, salt: str) -> str:
+        """``str(make_uuid(salt))``, without building the UUID object (once per output)."""
+        h = bytearray(hashlib.blake2b(self.digest + salt.encode(), digest_size=16).digest())
+        h[6] = (h[6] & 0x0F) | 0x40  # version 4
+        h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
+        x = h.hex()
+        return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
 
 @dataclass(slots=True)
 class _Base:
@@ -314,7 +322,7 @@ class CompiledMapping:
                 scopes = [s for s in scopes if self._test(out.when, s, run, f"{out.label} when")]
             items = []
             for n, scope in enumerate(scopes):
-                ident = str(run.make_uuid(f"{out.name}/{n}"))
+                ident = run.make_id(f"{out.name}/{n}")
                 if self.bundle == "none" and out.resource:
                     ref = f"{out.resource}/{ident}"
                 else:

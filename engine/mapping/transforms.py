@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from engine.mapping import datetimes
 from engine.mapping.lookups import LookupTable, inline_table
-from engine.mapping.values import Problem, as_text, flatten, is_empty
+from engine.mapping.values import CONTAINERS, Problem, as_text, flatten, is_empty
 
 ListFn = Callable[[list[Any]], list[Any]]
 
@@ -65,7 +65,9 @@ def _each(fn: Callable[[Any], Any]) -> ListFn:
 
 
 def _scalar(v: Any) -> str:
-    if isinstance(v, dict | list):
+    if type(v) is str:
+        return v
+    if isinstance(v, CONTAINERS):
         raise Problem("expected a single value, got a JSON object or array")
     return as_text(v)
 

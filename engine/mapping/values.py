@@ -11,9 +11,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+# For isinstance in hot paths: a tuple, not ``dict | list`` (which builds a union per call).
+CONTAINERS = (dict, list)
+
 
 def is_empty(value: Any) -> bool:
-    return value is None or value == "" or (isinstance(value, list | dict) and not value)
+    return value is None or value == "" or (isinstance(value, CONTAINERS) and not value)
 
 
 def as_text(value: Any) -> str:
