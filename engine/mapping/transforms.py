@@ -216,12 +216,26 @@ def _split(arg: Any, env: CompileEnv) -> ListFn:
 
 def _first(arg: Any, env: CompileEnv) -> ListFn:
     _no_arg("first", arg)
-    return lambda values: [v for v in flatten(values) if not is_empty(v)][:1]
+
+    def run(values: list[Any]) -> list[Any]:
+        for v in flatten(values):
+            if not (v is None or v == "" or v == [] or v == {}):  # not is_empty(v)
+                return [v]
+        return []
+
+    return run
 
 
 def _last(arg: Any, env: CompileEnv) -> ListFn:
     _no_arg("last", arg)
-    return lambda values: [v for v in flatten(values) if not is_empty(v)][-1:]
+
+    def run(values: list[Any]) -> list[Any]:
+        for v in reversed(flatten(values)):
+            if not (v is None or v == "" or v == [] or v == {}):  # not is_empty(v)
+                return [v]
+        return []
+
+    return run
 
 
 def _default(arg: Any, env: CompileEnv) -> ListFn:

@@ -7,8 +7,10 @@ their results. Each is checked against the general form on the same inputs.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from engine.hl7 import parse
 from engine.mapping import CompiledMapping, conditions, load_mapping
 from engine.mapping.conditions import compile_condition
 from engine.mapping.hl7_paths import Hl7Scope, compile_hl7_path, root_scope
+from engine.mapping.program import Run
 from engine.mapping.specials import in_conditions
 
 MESSAGE = (
@@ -135,3 +138,24 @@ def test_remembered_date_conversions_still_refuse_bad_dates_every_time(tmp_path:
         assert out.body == b'{"d":"1962-07-12"}'
         with pytest.raises(MappingError, match="HL7 date/time out of range"):
             mapping.apply(Payload(bad, "hl7v2"))
+
+
+@pytest.mark.parametrize(
+    ("path", "values"),
+    [
+        ("PID", ["PID"]), ("MSH", ["MSH"]), ("MSH-1", ["|"]), ("MSH-2", ["^~\\&"]),
+        ("MSH-9.2", ["A01"]), ("IN1", []), ("PID-3.4", ["H1"]), ("PID[1]-3", ["111"]),
+        ("PID[2]-3", []), ("PID-3[2].5", ["NNCHN"]), ("PID-3[4].5", []), ("PID-5.2", ["国华"]),
+        ("PID-3[*].4", ["H1", "CHN", "QDYB"]),
+    ],
+)
+def test_hl7_path_shortcuts_read_what_the_path_names(path: str, values: list[str]) -> None:
+    root = root_scope(parse(MESSAGE.encode()))
+    assert compile_hl7_path(path).values(root, None) == values
+
+
+def test_output_ids_are_the_uuids_they_always_were() -> None:
+    for n in range(500):
+        run = Run(None, {}, datetime.now(UTC), hashlib.blake2b(str(n).encode()).digest()[:16])
+        for salt in ("patient/0", "encounter/3", ""):
+            assert run.make_id(salt) == str(run.make_uuid(salt))
