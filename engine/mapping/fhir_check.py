@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -204,16 +205,35 @@ class Shape:
 UNCHECKED, PRIMITIVE, PRIMITIVES, ELEMENT, ELEMENTS = range(5)
 
 
-_SHAPES: dict[type, Shape] = {}
+_SHAPES: dict[type, Shape] = {}  # complete shapes only
+_BUILDING = threading.Lock()
 
 
 def shape(model: type[FHIRAbstractModel]) -> Shape:
-    """The shape of ``model`` (built once per class, cycles through Extension included)."""
+    """The shape of ``model``, built once per class (the loader builds them at load).
+
+    A shape is published with every shape it reaches, complete, so a thread that validates
+    while another builds never sees a half-filled table.
+    """
     found = _SHAPES.get(model)
     if found is not None:
         return found
+    with _BUILDING:
+        found = _SHAPES.get(model)
+        if found is not None:
+            return found
+        building: dict[type, Shape] = {}
+        result = _build(model, building)
+        _SHAPES.update(building)
+        return result
+
+
+def _build(model: type[FHIRAbstractModel], building: dict[type, Shape]) -> Shape:
+    found = _SHAPES.get(model) or building.get(model)
+    if found is not None:
+        return found
     result = Shape()
-    _SHAPES[model] = result  # registered first: Identifier → Extension → Identifier ...
+    building[model] = result  # registered first: Identifier → Extension → Identifier ...
     result.resource_type = model.__resource_type__
     aliases = {}
     for name, info in model.model_fields.items():
@@ -221,7 +241,7 @@ def shape(model: type[FHIRAbstractModel]) -> Shape:
         aliases[name] = key
         if name == "fhir_comments" or key.startswith("_"):
             continue  # neither is ever vouched for: absent from the table
-        repeats, check = _field(info.annotation)
+        repeats, check = _field(info.annotation, building)
         if check is None:
             kind = UNCHECKED
         elif type(check) is Shape:
@@ -244,7 +264,7 @@ def shape(model: type[FHIRAbstractModel]) -> Shape:
     return result
 
 
-def _field(annotation: Any) -> tuple[bool, Shape | Check | None]:
+def _field(annotation: Any, building: dict[type, Shape]) -> tuple[bool, Shape | Check | None]:
     """(repeats, check) for a field annotation such as ``Optional[List[StringType | None]]``."""
     repeats = False
     t = annotation
@@ -279,7 +299,7 @@ def _field(annotation: Any) -> tuple[bool, Shape | Check | None]:
         model = t.get_model_klass()
         if model.__name__ == "FHIRPrimitiveExtension":
             return repeats, None
-        return repeats, shape(model)
+        return repeats, _build(model, building)
     return repeats, None
 
 

@@ -95,6 +95,25 @@ def test_every_mapped_resource_is_vouched_for_and_valid(mapped: list[dict[str, A
         assert _valid(resource)
 
 
+def test_bare_resources_of_every_type_are_judged_as_fhir_resources_judges_them() -> None:
+    """``{"resourceType": T}`` for each R4B resource: required elements and choices of every
+    model, vouched for exactly when fhir.resources accepts it."""
+    from fhir.resources.R4B import fhirtypes
+
+    judged = 0
+    for name in sorted(n[:-4] for n in dir(fhirtypes) if n.endswith("Type")):
+        try:
+            model = get_fhir_model_class(name)
+        except (KeyError, ValueError, AttributeError):
+            continue
+        if not model.has_resource_base() or name in ("Resource", "DomainResource"):
+            continue
+        bare = {"resourceType": name}
+        assert fhir_check.vouch(model, bare) is _valid(bare), name
+        judged += 1
+    assert judged > 140
+
+
 # -- breaking mapped resources ----------------------------------------------------------------
 
 ODD_VALUES: list[Any] = [
