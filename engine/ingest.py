@@ -20,6 +20,7 @@ from engine.filters import Filter, Getter, Subject, compile_path
 from engine.hl7 import Hl7Message
 from engine.message import Message
 from engine.metrics import Metrics
+from engine.outbox import store_and_publish
 from engine.store import FILTERED, QUEUED, MessageStore
 from queues.contract import Envelope, QueueBackend, QueueFull, QueueUnavailable
 from queues.sqlite import SqliteQueue, Staging
@@ -182,8 +183,6 @@ class ChannelIngest:
             backend.check_capacity(1)
             return await backend.transaction(functools.partial(self.stage, prepared))
         # Other backends: the outbox keeps "stored" and "enqueued" together (engine.outbox).
-        from engine.outbox import store_and_publish
-
         if prepared.targets is None:
             return await store_and_publish(
                 self.db, backend, prepared.message, self.queue, prepared.envelope,

@@ -1,8 +1,9 @@
 """Envelopes as AMQP messages, and AMQP messages back as envelopes and dead letters.
 
 An envelope travels as a persistent message: ``message_id`` and ``content_type`` are AMQP
-properties, the envelope's own headers sit in one nested table (``hb-headers``) so they can
-never collide with the broker's (``x-death``, ``x-delivery-count``) or ours. The attempt
+properties, the envelope's own headers (if it has any) sit in one nested table
+(``hb-headers``) so they can never collide with the broker's (``x-death``,
+``x-delivery-count``) or ours. The attempt
 history rides in ``x-hb-*`` headers: that is what lets a retry or a dead letter carry its
 count, first-failure time and reason across processes and restarts. Times are integer
 epoch milliseconds: AMQP tables carry Python floats as 32-bit floats, far too coarse for
@@ -75,15 +76,24 @@ def encode(
     priority: int | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Outgoing:
-    """A persistent AMQP message carrying ``envelope`` and its attempt history."""
-    headers: dict[str, Any] = {ENVELOPE_HEADERS: dict(envelope.headers)}
-    if history is not None:
-        headers.update(history.headers())
-    if extra:
-        headers.update(extra)
+    """A persistent AMQP message carrying ``envelope`` and its attempt history.
+
+    A message with no envelope headers and no history (most first publishes) carries no
+    header table at all: encoding and decoding AMQP tables is a good part of what a
+    publish costs, on both sides of the socket.
+    """
+    headers: dict[str, Any] | None = (
+        {ENVELOPE_HEADERS: dict(envelope.headers)} if envelope.headers else None
+    )
+    if history is not None or extra:
+        headers = headers or {}
+        if history is not None:
+            headers.update(history.headers())
+        if extra:
+            headers.update(extra)
     return Outgoing(envelope.body, Basic.Properties(
         content_type=envelope.content_type,
-        headers=headers,
+        headers=headers or None,
         delivery_mode=PERSISTENT,
         priority=priority,
         message_id=envelope.message_id,
