@@ -341,9 +341,6 @@ def _fen_to_yuan(arg: Any, env: CompileEnv) -> ListFn:
 # -- dates -----------------------------------------------------------------------------------
 
 
-_CONVERSIONS_KEPT = 4096
-
-
 def _converter(source: str, target: str, tz: timezone, offset: bool) -> Callable[[Any], str]:
     def parse(text: str) -> datetimes.Stamp:
         try:
@@ -355,8 +352,8 @@ def _converter(source: str, target: str, tz: timezone, offset: bool) -> Callable
         except ValueError as exc:
             raise Problem(str(exc)) from None
 
-    def convert(text: str) -> str:
-        stamp = parse(text)
+    def conv(v: Any) -> str:
+        stamp = parse(_scalar(v))
         if target == "hl7":
             return datetimes.format_hl7(stamp, tz, offset=offset)
         if target == "iso":
@@ -364,19 +361,6 @@ def _converter(source: str, target: str, tz: timezone, offset: bool) -> Callable
         if target == "date":
             return datetimes.format_date(stamp, tz)
         return datetimes.format_pattern(stamp, target, tz)
-
-    # A pure function of the text: messages in a burst share admission and charge times.
-    done: dict[str, str] = {}
-
-    def conv(v: Any) -> str:
-        text = _scalar(v)
-        found = done.get(text)
-        if found is None:
-            found = convert(text)
-            if len(done) >= _CONVERSIONS_KEPT:
-                done.clear()
-            done[text] = found
-        return found
 
     return conv
 
