@@ -249,6 +249,11 @@ def _build(model: type[FHIRAbstractModel], building: dict[type, Shape]) -> Shape
         else:
             kind = PRIMITIVES if repeats else PRIMITIVE
         result.fields[key] = (kind, check)
+    # Models accept fields by python name too (populate_by_name): a key that is one field's
+    # alias and another's name would feed both, so such a key is not vouched for.
+    for name, key in aliases.items():
+        if key != name and name in result.fields:
+            result.fields[name] = (UNCHECKED, None)
     blank = model.model_construct()
     required = {aliases[n] for n, info in model.model_fields.items() if info.is_required()}
     required.update(aliases[model.get_alias_mapping()[element]]
