@@ -25,12 +25,10 @@ import contextlib
 import functools
 import logging
 import sqlite3
-import threading
 import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -100,46 +98,6 @@ def _pending_of(keys: list[Key], conn: sqlite3.Connection) -> list[tuple[Key, Pe
     return out
 
 
-class _Decisions:
-    """Hands "this message is new" from the writer thread to the event loop.
-
-    The store's transaction decides whether a message is new (its dedup key) well before
-    its commit is durable. Each decision resolves a future on the loop; decisions made in
-    one transaction wake the loop once, not once each.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._lock = threading.Lock()
-        self._ready: list[asyncio.Future[None]] = []
-
-    def post(self, future: asyncio.Future[None]) -> None:
-        """Resolve ``future`` on the loop soon (called from the writer thread)."""
-        with self._lock:
-            self._ready.append(future)
-            if len(self._ready) > 1:
-                return  # a wake-up is already on its way
-        self.loop.call_soon_threadsafe(self._resolve)
-
-    def _resolve(self) -> None:
-        with self._lock:
-            ready, self._ready = self._ready, []
-        for future in ready:
-            if not future.done():
-                future.set_result(None)
-
-
-def _decide(decided: asyncio.Future[None], _write: asyncio.Future[object]) -> None:
-    """The store write ended (committed, failed or cancelled) before any early decision."""
-    if not decided.done():
-        decided.set_result(None)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 class Outbox:
     """The outbox of one database publishing to one backend.
 
@@ -161,7 +119,6 @@ class Outbox:
         self._confirmed: set[Key] = set()  # published, deletion not yet committed
         self._done: list[Key] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._decisions_of: _Decisions | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.republished = 0
 
@@ -227,12 +184,8 @@ class Outbox:
         await self._ensure_schema()
         await self.backend.ping()  # refuse before storing while the broker is known away
         now = time.time()
-        loop = asyncio.get_running_loop()
-        decided: asyncio.Future[None] = loop.create_future()
-        signalled = False
 
         def op(conn: sqlite3.Connection) -> tuple[str | None, list[Pending]]:
-            nonlocal signalled
             dup = MessageStore.insert(conn, message, message_type=message_type,
                                       control_id=control_id, status=status, detail=detail)
             if dup is not None:
@@ -241,29 +194,12 @@ class Outbox:
                 "INSERT INTO outbox (message_id, queue, created_at) VALUES (?, ?, ?)",
                 [(message.id, q, now) for q in targets],
             )
-            if targets and not signalled:
-                # New, not a duplicate: the publish may start now, while this transaction
-                # is still being committed (see ``_Decisions``).
-                signalled = True
-                self._decisions(loop).post(decided)
             return None, []
 
-        if not targets:
-            duplicate_of, pending = await self.db.write(op)
-        else:
-            write = asyncio.ensure_future(self.db.write(op))
-            write.add_done_callback(functools.partial(_decide, decided))
-            write.add_done_callback(_retrieve)  # failures are read below, or by nobody
-            try:
-                await decided
-            except asyncio.CancelledError:
-                write.cancel()
-                raise
-            if not write.done():
-                # The store decided "new" and commits meanwhile: publish beside the commit.
-                await self._publish_while_committing(message.id, targets, envelope, write)
-                return None
-            duplicate_of, pending = write.result()
+        # Publishing only after the commit (rather than beside it, once the transaction has
+        # decided the message is new) was measured to be as fast and cheaper: see the
+        # "Queue backends" section of docs/performance.md.
+        duplicate_of, pending = await self.db.write(op)
         if duplicate_of is not None:
             await self._publish_all(duplicate_of, pending)
             return duplicate_of
@@ -273,38 +209,6 @@ class Outbox:
             await self._withdraw(message.id)
             raise QueueFull(str(exc)) from None
         return None
-
-    async def _publish_while_committing(
-        self, message_id: str, targets: list[str], envelope: Envelope,
-        write: asyncio.Future[tuple[str | None, list[Pending]]],
-    ) -> None:
-        """Publish a new message while its store transaction commits; return once both are
-        durable.
-
-        Overlapping the two waits (the database's fsync and the broker's) is what keeps the
-        peer's answer as quick as with the embedded queue. The order of the guarantees is
-        unchanged: the peer hears "accepted" only after both. If the process dies, or the
-        commit fails, after the broker took the message, the peer was not answered and
-        sends it again: the destination may receive it twice (at-least-once), it is never
-        lost.
-        """
-        # A failed publish (other than a refusal everywhere) is raised at once: the commit
-        # goes on without us, and the sweep publishes its row again.
-        try:
-            await self._publish_all(message_id, [Pending(q, envelope) for q in targets])
-        except _AllRefused as exc:
-            await asyncio.wait([write])
-            if write.exception() is None:
-                await self._withdraw(message_id)
-            raise QueueFull(str(exc)) from None
-        await write
-        return None
-
-    def _decisions(self, loop: asyncio.AbstractEventLoop) -> _Decisions:
-        decisions = self._decisions_of
-        if decisions is None or decisions.loop is not loop:
-            decisions = self._decisions_of = _Decisions(loop)
-        return decisions
 
     async def _publish_all(self, message_id: str, pending: list[Pending]) -> None:
         """Publish every row of one message.
@@ -361,11 +265,11 @@ class Outbox:
         try:
             await self.backend.publish(queue, [envelope])
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                shared.cancel()
-            else:
-                shared.set_exception(exc)
-                shared.exception()  # retrieved: nobody else may be waiting for it
+            # A caller sharing this publish gets a plain failure, even when it was the
+            # owner that was cancelled.
+            shared.set_exception(exc if isinstance(exc, Exception) else QueueUnavailable(
+                "the publish was interrupted"))
+            shared.exception()  # retrieved: nobody else may be waiting for it
             raise
         else:
             shared.set_result(None)

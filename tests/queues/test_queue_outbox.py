@@ -7,6 +7,7 @@ yet published".
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -170,4 +171,60 @@ async def test_start_republishes_what_a_crashed_run_left_and_a_bad_row_blocks_no
     backend.down.clear()
     await wait_for(lambda: rows(db.path) == [])
     assert (("dest:gone/x", ids[1])) in backend.published
+    await outbox.close()
+
+
+class HeldQueue(FlakyQueue):
+    """Publishes wait until ``release`` is set, like a broker slow to confirm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.attempts = 0
+
+    async def publish(self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0
+                      ) -> None:
+        self.attempts += 1
+        await self.release.wait()
+        await super().publish(queue, envelopes, delay=delay)
+
+
+async def test_a_duplicate_arriving_mid_publish_shares_that_publish(db: Database) -> None:
+    backend = HeldQueue()
+    outbox = Outbox(db, backend)
+    message, envelope = new("SHARE")
+    first = asyncio.ensure_future(outbox.store_and_publish(message, [A], envelope))
+    await wait_for(lambda: backend.attempts == 1)
+    resend, envelope = new("SHARE")
+    second = asyncio.ensure_future(outbox.store_and_publish(resend, [A], envelope))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # "accepted" only once the queue has it
+    backend.release.set()
+    assert await first is None
+    assert await second == message.id
+    assert backend.attempts == 1
+    assert backend.published == [(A, message.id)]
+    await outbox.close()
+    assert rows(db.path) == []
+
+
+async def test_an_interrupted_publish_fails_its_sharer_and_the_sweep_finishes_it(
+    db: Database,
+) -> None:
+    backend = HeldQueue()
+    outbox = Outbox(db, backend, sweep_interval=0.05, grace=0.0)
+    message, envelope = new("CUT")
+    first = asyncio.ensure_future(outbox.store_and_publish(message, [A], envelope))
+    await wait_for(lambda: backend.attempts == 1)
+    resend, envelope = new("CUT")
+    second = asyncio.ensure_future(outbox.store_and_publish(resend, [A], envelope))
+    await asyncio.sleep(0.05)
+    first.cancel()  # e.g. the engine stopping mid-ingest
+    with pytest.raises(QueueUnavailable, match="interrupted"):
+        await second
+    assert rows(db.path) == [(message.id, A, 0)]
+    backend.release.set()
+    await outbox.start()  # starts the sweep
+    await wait_for(lambda: rows(db.path) == [])
+    assert backend.published == [(A, message.id)]
     await outbox.close()

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aio_pika
+import aiormq
 import pytest
 
 from engine.errors import ConfigError
@@ -69,6 +70,32 @@ async def test_many_publishes_are_confirmed_together(backends: Callable[..., Any
     # 2000 confirmed publishes, at most 50 awaiting the broker at once; one at a time
     # this takes several seconds on this machine.
     assert time.monotonic() - started < 10
+
+
+async def test_acks_go_out_together_and_a_closing_consumer_sends_those_still_waiting(
+    backends: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = await backends()
+    await backend.declare(Q)
+    await backend.publish(Q, envelopes(60))
+    frames: list[tuple[int, bool]] = []
+    sent = aiormq.Channel.basic_ack
+
+    async def counted(self: aiormq.Channel, tag: int, multiple: bool = False,
+                      wait: bool = True) -> None:
+        frames.append((tag, multiple))
+        await sent(self, tag, multiple=multiple, wait=wait)
+
+    monkeypatch.setattr(aiormq.Channel, "basic_ack", counted)
+    taker = Taker(backend.consumer(Q, prefetch=200))
+    for _ in range(60):
+        await backend.ack(await taker.next())
+    await taker.close()  # right after the last ack: what still waits goes out first
+    assert len(frames) < 10, frames  # 60 acks in a few ``multiple`` frames
+    assert await backend.depth(Q) == 0
+    again = Taker(backend.consumer(Q))
+    await again.none_within(0.5)  # nothing is delivered again
+    await again.close()
 
 
 async def test_a_message_the_broker_cannot_route_is_a_failure(
