@@ -106,14 +106,18 @@ class Outbox:
         backend: the queue backend messages are published to.
         sweep_interval: seconds between looks for rows whose publish failed.
         grace: a row younger than this is left to the ingest call that wrote it.
+        flush_delay: seconds the rows of confirmed publishes wait to be deleted together
+            (one small transaction for many messages instead of one for a few; a crash
+            meanwhile only republishes them).
     """
 
     def __init__(self, db: Database, backend: QueueBackend, *, sweep_interval: float = 2.0,
-                 grace: float = 1.0) -> None:
+                 grace: float = 1.0, flush_delay: float = 0.05) -> None:
         self.db = db
         self.backend = backend
         self.sweep_interval = sweep_interval
         self.grace = grace
+        self.flush_delay = flush_delay
         self._schema_ready = False
         self._inflight: dict[Key, asyncio.Future[None]] = {}
         self._confirmed: set[Key] = set()  # published, deletion not yet committed
@@ -276,9 +280,13 @@ class Outbox:
             self._confirmed.add(key)
             self._done.append(key)
             if self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.create_task(self._flush(), name="outbox flush")
+                self._flusher = asyncio.create_task(self._flush_later(), name="outbox flush")
         finally:
             del self._inflight[key]
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.flush_delay)
+        await self._flush()
 
     async def _flush(self) -> None:
         """Delete the rows of confirmed publishes, many per transaction."""
