@@ -1,8 +1,9 @@
 """The interpreter's shortcuts give the answers of the general code they bypass.
 
 Conditions on single-valued HL7 paths compare one string instead of going through the
-general comparison; URL templates walk the resource directly; date conversions remember
-their results. Each is checked against the general form on the same inputs.
+general comparison; URL templates walk the resource directly; HL7 paths pick their
+shortcut at load; output ids are formatted without UUID objects. Each is checked against
+the general form, or the values it must give, on the same inputs.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ to = "identifier[0].value"
         mapping.apply(Payload(MESSAGE.encode(), "hl7v2"))
 
 
-def test_remembered_date_conversions_still_refuse_bad_dates_every_time(tmp_path: Path) -> None:
+def test_repeated_date_conversions_refuse_bad_dates_every_time(tmp_path: Path) -> None:
     path = tmp_path / "d.toml"
     path.write_text('source = "hl7v2"\ntarget = "json"\n[[rule]]\nfrom = "PID-7"\n'
                     'transform = ["hl7_to_iso"]\nto = "d"\n', encoding="utf-8")
