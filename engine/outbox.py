@@ -153,6 +153,9 @@ class Outbox:
         if self._inflight:
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)
         if self._flusher is not None:
+            # Its wait is cut short; a deletion it already handed to the database still
+            # commits (the writer runs what it was given).
+            self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
         await self._flush()
 
@@ -205,7 +208,10 @@ class Outbox:
         # "Queue backends" section of docs/performance.md.
         duplicate_of, pending = await self.db.write(op)
         if duplicate_of is not None:
-            await self._publish_all(duplicate_of, pending)
+            # Rows of publishes already confirmed (their deletion is pending) are done.
+            pending = [p for p in pending if (duplicate_of, p.queue) not in self._confirmed]
+            if pending:
+                await self._publish_all(duplicate_of, pending)
             return duplicate_of
         try:
             await self._publish_all(message.id, [Pending(q, envelope) for q in targets])

@@ -228,3 +228,18 @@ async def test_an_interrupted_publish_fails_its_sharer_and_the_sweep_finishes_it
     await wait_for(lambda: rows(db.path) == [])
     assert backend.published == [(A, message.id)]
     await outbox.close()
+
+
+async def test_a_duplicate_of_a_confirmed_message_whose_rows_wait_for_deletion_publishes_nothing(
+    db: Database,
+) -> None:
+    backend = FlakyQueue()
+    outbox = Outbox(db, backend, flush_delay=30)
+    message, envelope = new("LINGER")
+    assert await outbox.store_and_publish(message, [A, B], envelope) is None
+    assert len(rows(db.path)) == 2  # confirmed, deleted later in one batch
+    resend, envelope = new("LINGER")
+    assert await outbox.store_and_publish(resend, [A, B], envelope) == message.id
+    assert sorted(backend.published) == [(A, message.id), (B, message.id)]
+    await outbox.close()  # deletes what waits
+    assert rows(db.path) == []
