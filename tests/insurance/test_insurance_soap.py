@@ -273,3 +273,44 @@ async def test_regional_and_national_share_one_balance(soap, nhsa, kit):
     regional = await soap()
     person = fields(await regional.send(call("GetPersonInfo", ["D44039900001", "", "op"])))
     assert person["balance"] == "891.25"
+
+
+@pytest.mark.parametrize(("status", "answer", "match"), [
+    (200, b"this is not xml", r"GetPersonInfo: unreadable answer: .*Start tag expected"),
+    (200, b"<html><body>gateway maintenance</body></html>",
+     r"GetPersonInfo: unreadable answer: .*does not contain a valid .*Envelope"),
+    (200, b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
+          b"<soap:Body><soap:Fault><faultcode>soap:Server</faultcode>"
+          b"<faultstring>database offline</faultstring></soap:Fault></soap:Body>"
+          b"</soap:Envelope>", r"GetPersonInfo: SOAP fault soap:Server: database offline"),
+    (500, b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
+          b"<soap:Body><soap:Fault><faultcode>soap:Client</faultcode>"
+          b"<faultstring>bad card</faultstring></soap:Fault></soap:Body></soap:Envelope>",
+     r"GetPersonInfo: SOAP fault soap:Client: bad card"),
+    (200, b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
+          b"<soap:Body/></soap:Envelope>",
+     r"GetPersonInfo: unreadable answer: the SOAP Body is empty"),
+    (200, b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">'
+          b"<soap:Body><Other xmlns=\"urn:x\"/></soap:Body></soap:Envelope>",
+     r"GetPersonInfo: answer holds no result document"),
+])
+async def test_broken_answers_are_permanent_errors_naming_the_operation(soap, status, answer,
+                                                                         match):
+    """Whatever a peer answers, the destination says what was wrong, never crashes and
+    never takes it for success."""
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=status, body=answer, content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_post("/asmx", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        dest = await soap(address=f"http://127.0.0.1:{runner.addresses[0][1]}/asmx")
+        with pytest.raises(PermanentError, match=match):
+            await dest.send(call("GetPersonInfo", ["D44039900001", "", "op"]))
+    finally:
+        await runner.cleanup()
