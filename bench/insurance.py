@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import secrets
 import sys
 import tempfile
@@ -53,7 +52,7 @@ from adapters.nhsa.envelope import (
 )
 from adapters.nhsa.transactions import lookup
 from adapters.soap import SoapDestination, SoapDestinationConfig, _Reply
-from bench.processes import Process, percentile, wait_port
+from bench.processes import Process, machine, percentile, wait_port
 from queues.contract import Envelope
 from tests.conftest import free_port
 
@@ -281,19 +280,6 @@ async def regional(sim_url: str, calls: int, concurrency: int) -> list[Row]:
         finally:
             await dest.close()
     return rows
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}")
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import platform
 import secrets
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from bench.processes import (
     Process,
     histogram,
     histogram_quantile,
+    machine,
     metric_value,
     percentile,
     wait_port,
@@ -230,6 +230,8 @@ def find_mapping() -> str | None:
 async def main_async(args: argparse.Namespace) -> int:
     mapping = args.mapping or find_mapping()
     destination = args.destination or ("fhir" if mapping else "mllp")
+    if destination != "fhir":
+        mapping = None  # the MLLP peer takes the HL7 as it came
     workdir = Path(tempfile.mkdtemp(prefix="hisbridge-bench-"))
     rows: list[Row] = []
     wanted = args.scenarios.split(",")
@@ -253,8 +255,7 @@ async def main_async(args: argparse.Namespace) -> int:
                                      args.connections, workdir, strict=True,
                                      **common))  # type: ignore[arg-type]
     print()
-    print(f"machine: {platform.node()} · {os.cpu_count()} cores · Python "
-          f"{platform.python_version()} · {time.strftime('%Y-%m-%d')}")
+    print(f"machine: {machine()} · {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"destination: {destination}" + (f" (mapping {mapping})" if mapping else "")
           + f" · connections: {args.connections}")
     print(table(rows))
