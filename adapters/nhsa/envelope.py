@@ -83,8 +83,16 @@ def encode_json(value: Any) -> bytes:
 
 
 def decode_json(raw: bytes | str) -> Any:
-    """Decode JSON keeping every non-integer number as ``Decimal``."""
-    return json.loads(raw, parse_float=Decimal)
+    """Decode JSON keeping every non-integer number as ``Decimal``.
+
+    Raises:
+        ValueError: not JSON, including nesting too deep for the parser's recursion (a
+            hostile ``[[[[...`` must be a bad answer like any other, not a crash).
+    """
+    try:
+        return json.loads(raw, parse_float=Decimal)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 @dataclass(frozen=True, slots=True)
