@@ -70,9 +70,26 @@ def decode_json(data: bytes | str) -> Any:
     """Parse JSON text keeping every non-integer number as an exact ``Decimal``.
 
     Raises:
-        ValueError: the text is not valid JSON (``json.JSONDecodeError`` is a ValueError).
+        ValueError: the text is not valid JSON (``json.JSONDecodeError`` is a ValueError),
+            is nested deeper than the parser can recurse, or holds a number far outside
+            anything the platform deals in.
     """
-    return json.loads(data, parse_float=Decimal, parse_constant=_refuse_constant)
+    try:
+        return json.loads(data, parse_float=_decimal, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+_MAX_EXPONENT = 64
+
+
+def _decimal(text: str) -> Decimal:
+    # ``1e999999999`` is eleven bytes of valid JSON, but written back without an exponent
+    # (``encode_json``) it is a gigabyte of zeros. No amount, price or quantity comes near.
+    value = Decimal(text)
+    if abs(value.adjusted()) > _MAX_EXPONENT:
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
 
 
 def _refuse_constant(name: str) -> Any:
