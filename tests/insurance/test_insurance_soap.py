@@ -314,3 +314,15 @@ async def test_broken_answers_are_permanent_errors_naming_the_operation(soap, st
             await dest.send(call("GetPersonInfo", ["D44039900001", "", "op"]))
     finally:
         await runner.cleanup()
+
+
+async def test_keyword_arguments_take_zeeps_path_with_the_same_answer(soap):
+    dest = await soap()
+    card = ["D44039900001", "", "op"]
+    positional = await dest.send(Envelope("k1", json.dumps(card).encode(),
+                                          {"operation": "GetPersonInfo"}, "json"))
+    named = await dest.send(Envelope("k2", json.dumps(
+        {"cardNo": card[0], "idNo": card[1], "operCode": card[2]}).encode(),
+        {"operation": "GetPersonInfo"}, "json"))
+    assert positional.response == named.response
+    assert b"<code>0</code>" in positional.response
