@@ -3,7 +3,8 @@
 For a call that moves money, *not sent* and *sent but unanswered* are different failures:
 the first is safe to retry, the second must be resolved by a query first (``InDoubtError``).
 A refused or timed-out connection is *not sent*; a timeout, reset or disconnect after the
-connection was made is *sent*. Read-only calls raise ``TransientError`` either way.
+connection was made is *sent*, and so is an answer cut short or larger than the limit (the
+gateway got the request). Read-only calls raise ``TransientError`` either way.
 """
 
 from __future__ import annotations
@@ -54,14 +55,35 @@ async def call(
             method, url, data=data, headers=dict(headers or {}), timeout=client_timeout,
             allow_redirects=False,
         ) as response:
-            body = await response.content.read(max_body + 1)
-            if len(body) > max_body:
-                raise TransientError(f"{what}: answer larger than {max_body} bytes")
+            body = await _read(response, max_body)
             return HttpAnswer(response.status, CIMultiDict(response.headers), body)
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         raise TransientError(f"{what}: cannot connect ({type(exc).__name__})") from None
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except (TimeoutError, aiohttp.ClientError, _TooLarge) as exc:
         reason = f"{what}: no answer ({type(exc).__name__})"
+        if isinstance(exc, _TooLarge):
+            reason = f"{what}: answer larger than {max_body} bytes"
         if money:
             raise InDoubtError(reason + "; outcome unknown, query before any retry") from None
         raise TransientError(reason) from None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or ``_TooLarge``; a body cut short raises ``ClientPayloadError``.
+
+    ``content.read(n)`` would return only what has arrived so far, not the whole body.
+    """
+    if response.content_length is not None and response.content_length > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
