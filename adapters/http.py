@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from typing import ClassVar, Literal
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from lxml import etree
 from pydantic import Field, field_validator
 
@@ -41,6 +42,8 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Headers the engine sets on messages itself (answers routed with ``response_to``).
 _RESERVED_HEADERS = {"idempotency-key", "in-reply-to", "from-destination", "mapping"}
 _MAX_HEADER_VALUE = 1000
+_MAX_IDEMPOTENCY_KEY = 200
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 
 
 class HttpSourceConfig(Model):
@@ -51,7 +54,8 @@ class HttpSourceConfig(Model):
         content_type: what the body is; ``auto`` decides from the Content-Type header.
         token: if set, requests must carry ``Authorization: Bearer <token>``; while the
             secret cannot be resolved, requests are answered 503 (the source still starts).
-        max_body_bytes: larger bodies are refused with 413 before they are read.
+        max_body_bytes: larger bodies are refused with 413: from Content-Length before any
+            of the body is read, else as soon as the streamed body passes the limit.
         pass_headers: request headers copied onto the message's headers, under the name as
             written here (HTTP matching is case-insensitive), so mappings read them with
             ``@header:<name>`` and ``response_to`` channels receive them with the answer
@@ -186,7 +190,7 @@ class HttpSource:
                 return _problem(401, "missing or wrong bearer token")
         length = request.content_length
         if length is not None and length > self.config.max_body_bytes:
-            return _problem(413, f"body of {length} bytes exceeds {self.config.max_body_bytes}")
+            return _too_large(f"body of {length} bytes exceeds {self.config.max_body_bytes}")
         self._inflight += 1
         try:
             return await self._receive(request)
@@ -194,32 +198,30 @@ class HttpSource:
             self._inflight -= 1
 
     async def _receive(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _problem(413, f"body exceeds {self.config.max_body_bytes} bytes")
         content_type = self._content_type(request)
         if content_type is None:
-            return _problem(415, f"unsupported Content-Type {request.content_type!r}")
+            if hdrs.CONTENT_TYPE not in request.headers:
+                return _problem(415, "Content-Type header is missing")
+            given = request.headers[hdrs.CONTENT_TYPE][:100]
+            return _problem(415, f"unsupported Content-Type {given!r}")
         try:
-            hl7 = _validate(body, content_type, self.config.default_encoding)
+            headers = self._headers(request)
+        except RejectedInput as exc:
+            return _problem(400, str(exc))
+        body = await _read_bounded(request, self.config.max_body_bytes)
+        if body is None:
+            return _too_large(f"body exceeds {self.config.max_body_bytes} bytes")
+        try:
+            hl7 = _validate(body, content_type, self.config.default_encoding, request.charset)
         except RejectedInput as exc:
             if content_type == "hl7v2":
                 partial = exc.partial if isinstance(exc.partial, Hl7Message) else None
                 ack = build_ack(partial, exc.code, text=str(exc), error_code=exc.hl7_error)
                 return web.Response(status=400, body=ack.encode(), content_type=HL7_MEDIA)
             return _problem(400, str(exc))
-        headers = {}
-        for name in self.config.pass_headers:
-            value = request.headers.get(name)
-            if value is not None:
-                headers[name] = value[:_MAX_HEADER_VALUE]
-        idem = request.headers.get("Idempotency-Key")
-        if idem:
-            headers["Idempotency-Key"] = idem[:200]
         message = Message(
             channel=self.channel, content_type=content_type, body=body, headers=headers,
-            correlation_id=request.headers.get("X-Correlation-Id"),
+            correlation_id=_text_header(request, "X-Correlation-Id"),
         )
         assert self._ingest is not None
         try:
@@ -238,6 +240,27 @@ class HttpSource:
             {"message_id": result.message_id, "duplicate": result.duplicate}, status=status
         )
 
+    def _headers(self, request: web.Request) -> dict[str, str]:
+        """The request headers the message keeps (``pass_headers`` and Idempotency-Key).
+
+        An Idempotency-Key is refused rather than cut when too long: two keys that share a
+        prefix would otherwise dedup as one and the second message would be lost.
+        """
+        headers = {}
+        for name in self.config.pass_headers:
+            value = _text_header(request, name)
+            if value is not None:
+                headers[name] = value[:_MAX_HEADER_VALUE]
+        idem = _text_header(request, "Idempotency-Key")
+        if idem:
+            if len(idem) > _MAX_IDEMPOTENCY_KEY:
+                raise RejectedInput(
+                    f"Idempotency-Key is {len(idem)} characters, at most "
+                    f"{_MAX_IDEMPOTENCY_KEY} are accepted")
+            headers["Idempotency-Key"] = idem
+        _text_header(request, "X-Correlation-Id")
+        return headers
+
     def _content_type(self, request: web.Request) -> str | None:
         if self.config.content_type != "auto":
             return self.config.content_type
@@ -255,8 +278,43 @@ class HttpSource:
         return None
 
 
-def _validate(body: bytes, content_type: str, default_encoding: str) -> Hl7Message | None:
-    """Refuse bodies that are not what they claim; return the parsed HL7 when it is HL7."""
+async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None as soon as more than ``limit`` bytes have arrived.
+
+    Read chunk by chunk so a chunked (or decompressed) body over the limit is refused while
+    it streams, never held whole in memory; Content-Length was checked before this.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _text_header(request: web.Request, name: str) -> str | None:
+    """A header value that is kept as text; bytes that are not UTF-8 are refused."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RejectedInput(f"header {name} is not valid UTF-8") from None
+    return value
+
+
+def _validate(
+    body: bytes, content_type: str, default_encoding: str, charset: str | None = None
+) -> Hl7Message | None:
+    """Refuse bodies that are not what they claim; return the parsed HL7 when it is HL7.
+
+    HL7 is decoded by its MSH-18 (else ``default_encoding``), plain text by the request's
+    ``charset`` (else ``default_encoding``); JSON is UTF-8 by definition and XML declares
+    its own encoding.
+    """
     if not body:
         raise RejectedInput("empty body")
     if content_type == "hl7v2":
@@ -266,12 +324,42 @@ def _validate(body: bytes, content_type: str, default_encoding: str) -> Hl7Messa
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise RejectedInput(f"body is not valid JSON: {exc}") from None
-        if content_type == "fhir+json" and not (isinstance(doc, dict) and "resourceType" in doc):
-            raise RejectedInput("FHIR body must be a JSON object with resourceType")
+        if content_type == "fhir+json":
+            _check_fhir_shape(doc)
         return None
     if content_type == "xml":
         parse_xml(body)
+    elif content_type == "text":
+        _check_text(body, charset or default_encoding)
     return None
+
+
+def _check_fhir_shape(doc: object) -> None:
+    if not isinstance(doc, dict):
+        raise RejectedInput(
+            f"FHIR body must be a JSON object with resourceType, not {_json_kind(doc)}")
+    rtype = doc.get("resourceType")
+    if not isinstance(rtype, str) or not _RESOURCE_TYPE.fullmatch(rtype):
+        shown = ("nothing" if "resourceType" not in doc else
+                 _json_kind(rtype) if rtype is None else f"{_json_kind(rtype)} {str(rtype)[:40]!r}")
+        raise RejectedInput(f"FHIR resourceType must be a resource name, got {shown}")
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", dict: "an object"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _check_text(body: bytes, encoding: str) -> None:
+    try:
+        body.decode(encoding)
+    except LookupError:
+        raise RejectedInput(f"unknown charset {encoding[:40]!r}") from None
+    except UnicodeDecodeError as exc:
+        raise RejectedInput(
+            f"body is not valid {encoding} text: undecodable byte at offset {exc.start}"
+        ) from None
 
 
 def secure_xml_parser() -> etree.XMLParser:
@@ -297,10 +385,17 @@ def _problem(status: int, detail: str, *, retry_after: int | None = None) -> web
     return web.json_response({"error": detail[:500]}, status=status, headers=headers)
 
 
-def _constant_time_equal(a: str, b: str) -> bool:
-    import hmac
+def _too_large(detail: str) -> web.Response:
+    """413, and the connection is not kept: the rest of the body is never wanted."""
+    response = _problem(413, detail)
+    response.force_close()
+    return response
 
-    return hmac.compare_digest(a.encode(), b.encode())
+
+def _constant_time_equal(a: str, b: str) -> bool:
+    # surrogateescape: header bytes that are not UTF-8 compare (unequal) instead of raising.
+    return hmac.compare_digest(a.encode("utf-8", "surrogateescape"),
+                               b.encode("utf-8", "surrogateescape"))
 
 
 # -- destination ----------------------------------------------------------------------------
