@@ -8,8 +8,10 @@ handler runs, so a request without it never has its body read. Actions that chan
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import logging
+import math
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -17,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from engine.database import apply_schema
+from engine.database import StoreUnavailable, apply_schema
+from engine.errors import TransientError
 from engine.settings import split_host_port
 
 if TYPE_CHECKING:
@@ -43,6 +46,40 @@ _ENGINE: web.AppKey[Engine] = web.AppKey("engine")
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+_MAX_LIMIT = 1000
+
+
+def _limit(value: str | None) -> int:
+    """The search's page size: a whole number from 1 to 1000 (50 when not given)."""
+    if value is None:
+        return 50
+    text = value.strip()
+    number = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
+    if not 1 <= number <= _MAX_LIMIT:
+        raise ValueError(f"limit must be a whole number from 1 to {_MAX_LIMIT}, "
+                         f"got {value[:40]!r}")
+    return number
+
+
+def _moment(query: Any, name: str) -> float | None:
+    """A time bound as epoch seconds, given as epoch seconds or an ISO 8601 date or time
+    (a time without an offset is the engine's local time)."""
+    value = query.get(name)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = dt.datetime.fromisoformat(value.strip()).timestamp()
+        except (ValueError, OverflowError, OSError):
+            seconds = math.nan
+    if not math.isfinite(seconds):
+        raise ValueError(f"{name} must be epoch seconds or an ISO 8601 date or time, "
+                         f"got {value[:40]!r}")
+    return seconds
 
 
 class AdminServer:
@@ -87,7 +124,8 @@ class AdminServer:
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path not in _OPEN_PATHS:
             header = request.headers.get("Authorization", "")
-            supplied = header.removeprefix("Bearer ").strip().encode()
+            # surrogateescape: a header with bytes that are not UTF-8 is just a wrong token.
+            supplied = header.removeprefix("Bearer ").strip().encode("utf-8", "surrogateescape")
             if not header.startswith("Bearer ") or not hmac.compare_digest(supplied, self.token):
                 # Close the connection rather than drain an unread (possibly huge) body.
                 return web.json_response(
@@ -143,11 +181,11 @@ class AdminServer:
     async def messages(self, request: web.Request) -> web.Response:
         q = request.query
         try:
-            limit = int(q.get("limit", "50"))
-            since = float(q["since"]) if "since" in q else None
-            until = float(q["until"]) if "until" in q else None
-        except ValueError:
-            return _json({"error": "limit, since and until must be numbers"}, status=400)
+            limit = _limit(q.get("limit"))
+            since = _moment(q, "since")
+            until = _moment(q, "until")
+        except ValueError as exc:
+            return _json({"error": str(exc)}, status=400)
         found = await self.engine.store.search(
             channel=q.get("channel"), status=q.get("status"), control_id=q.get("control_id"),
             message_type=q.get("type"), text=q.get("text"), since=since, until=until,
@@ -189,11 +227,16 @@ class AdminServer:
             new_id = await self.engine.replay(mid)
         except KeyError as exc:
             return _json({"error": f"cannot replay: {exc.args[0]}"}, status=404)
+        except (TransientError, StoreUnavailable) as exc:
+            return web.json_response({"error": f"cannot replay {mid} now: {exc}"[:500]},
+                                     status=503, headers={"Retry-After": "5"})
         await self._audit(request, "replay", mid, f"as {new_id}")
         return _json({"replayed": mid, "message_id": new_id}, status=202)
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         queue = request.query.get("queue")
+        if queue and queue not in self._queues():
+            return _json({"error": f"unknown queue {queue[:200]!r}"}, status=404)
         queues = [queue] if queue else self._queues()
         out = []
         for qname in queues:
@@ -208,10 +251,16 @@ class AdminServer:
     async def requeue(self, request: web.Request) -> web.Response:
         try:
             doc = orjson.loads(await request.read())
+        except web.HTTPRequestEntityTooLarge:
+            return _json({"error": f"body exceeds {request.client_max_size} bytes"}, status=413)
         except orjson.JSONDecodeError:
             return _json({"error": "body must be JSON: {\"queue\": ..., \"ids\": [...]}"}, 400)
-        if not isinstance(doc, dict) or not isinstance(doc.get("queue"), str):
-            return _json({"error": "queue is required"}, status=400)
+        if not isinstance(doc, dict):
+            return _json({"error": "body must be a JSON object: {\"queue\": ..., \"ids\": [...]}"},
+                         status=400)
+        if not isinstance(doc.get("queue"), str):
+            word = "is required" if doc.get("queue") is None else "must be a string"
+            return _json({"error": f"queue {word}"}, status=400)
         queue = doc["queue"]
         if queue not in self._queues():
             return _json({"error": f"unknown queue {queue}"}, status=404)
