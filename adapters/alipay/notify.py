@@ -18,7 +18,7 @@ from adapters.payments.account import AccountKeys
 from adapters.payments.errors import CallbackRejected
 from adapters.payments.model import EventKind, PaymentEvent
 from adapters.payments.money import AmountError, yuan_to_fen
-from adapters.payments.notify import NotifyAnswer, NotifyRequest
+from adapters.payments.notify import NotifyAnswer, NotifyRequest, unique_fields
 
 
 class AlipayNotifyVerifier:
@@ -34,10 +34,11 @@ class AlipayNotifyVerifier:
 
     async def verify(self, request: NotifyRequest) -> PaymentEvent:
         params = _form(request.body)
-        if "sign" not in params:
-            raise CallbackRejected("missing_signature", "notify without sign")
+        if not params.get("sign"):
+            raise CallbackRejected("missing_signature", "field sign is missing")
         if not crypto.verify_notify(self.keys.get().alipay_key, params):
-            raise CallbackRejected("bad_signature", f"notify_id {params.get('notify_id', '')[:40]}",
+            raise CallbackRejected("bad_signature", "field sign does not verify with the Alipay "
+                                   f"public key (notify_id {params.get('notify_id', '')[:40]})",
                                    out_trade_no=params.get("out_trade_no") or None)
         no = params.get("out_trade_no", "")
         if params.get("app_id") != self.settings.app_id or (
@@ -45,13 +46,8 @@ class AlipayNotifyVerifier:
             raise CallbackRejected("wrong_merchant", "notify for another app or seller",
                                    out_trade_no=no or None)
         status = params.get("trade_status", "")
-        try:
-            total = yuan_to_fen(params.get("total_amount", ""))
-            refund_total = (yuan_to_fen(params["refund_fee"]) if params.get("refund_fee")
-                            else None)
-        except AmountError:
-            raise CallbackRejected("malformed", "amount is not a yuan amount",
-                                   out_trade_no=no or None) from None
+        total = _yuan(params, "total_amount", no)
+        refund_total = _yuan(params, "refund_fee", no) if params.get("refund_fee") else None
         if not no:
             raise CallbackRejected("malformed", "notify without out_trade_no")
         trade_no, notify_id = params.get("trade_no", ""), params.get("notify_id", "")
@@ -73,10 +69,24 @@ class AlipayNotifyVerifier:
         raise CallbackRejected("unhandled_event", f"trade_status {status[:30]}",
                                out_trade_no=no)
 
-    def answer(self, accepted: bool, reason: str = "") -> NotifyAnswer:
+    def answer(self, accepted: bool, reason: str = "", detail: str = "") -> NotifyAnswer:
         if accepted:
             return NotifyAnswer(200, b"success", "text/plain")
-        return NotifyAnswer(500 if reason == "unavailable" else 400, b"fail", "text/plain")
+        # Alipay retries on anything but "success"; the words after "fail" are for its logs.
+        text = "fail" + (f" {reason}" if reason else "") + (f": {detail}" if detail else "")
+        return NotifyAnswer(500 if reason == "unavailable" else 400,
+                            text[:300].encode("utf-8"), "text/plain")
+
+
+def _yuan(params: dict[str, str], name: str, out_trade_no: str) -> int:
+    try:
+        fen = yuan_to_fen(params.get(name, ""))
+    except AmountError:
+        fen = -1
+    if fen < 0:
+        raise CallbackRejected("malformed", f"{name} {params.get(name, '')[:20]!r} is not a "
+                               "yuan amount", out_trade_no=out_trade_no or None)
+    return fen
 
 
 def _form(body: bytes) -> dict[str, str]:
@@ -88,8 +98,9 @@ def _form(body: bytes) -> dict[str, str]:
     raw = parse_qsl(text, keep_blank_values=True, encoding="latin-1")
     charset = dict(raw).get("charset", "utf-8").lower()
     if charset not in ("utf-8", "gbk", "gb2312"):
-        raise CallbackRejected("malformed", "unsupported charset")
+        raise CallbackRejected("malformed", f"unsupported charset {charset[:20]!r}")
     try:
-        return dict(parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict"))
+        fields = parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict")
     except (UnicodeDecodeError, ValueError):
-        raise CallbackRejected("malformed", "notify is not valid text") from None
+        raise CallbackRejected("malformed", f"notify is not valid {charset} text") from None
+    return unique_fields(fields)

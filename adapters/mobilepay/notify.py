@@ -40,8 +40,16 @@ class MobilePayNotifyVerifier:
             envelope = orjson.loads(request.body)
         except orjson.JSONDecodeError:
             raise CallbackRejected("malformed", "notification is not JSON") from None
-        if not isinstance(envelope, dict) or not envelope.get("signData"):
-            raise CallbackRejected("missing_signature", "not a signed envelope")
+        if not isinstance(envelope, dict):
+            raise CallbackRejected("malformed", "notification is not a JSON object")
+        if not envelope.get("signData"):
+            raise CallbackRejected("missing_signature", "field signData is missing")
+        for name, value in envelope.items():
+            # Every field but ``extra`` is signed as text: a float or a nested value cannot
+            # be part of a genuine envelope (and the signed text could not be rebuilt).
+            if name != "extra" and (not isinstance(value, str | int) or isinstance(value, bool)):
+                raise CallbackRejected("malformed", f"field {name[:40]} is not text or an "
+                                       "integer")
         if envelope.get("appId") != self.settings.app_id:
             raise CallbackRejected("wrong_merchant", "notification for another app")
         creds = self.keys.get()
@@ -64,6 +72,8 @@ class MobilePayNotifyVerifier:
         if not no:
             raise PermanentError("notification without medOrgOrd")
         total = fen_of(data.get("feeSumamt"), "feeSumamt")
+        if total < 0:
+            raise PermanentError("feeSumamt is negative")
         kind = data.get("notifyType")
         pay_ord_id = str(data.get("payOrdId") or "")
         if kind == "PAY":
@@ -85,10 +95,11 @@ class MobilePayNotifyVerifier:
                                 occurred_at=str(data.get("refdTime") or ""))
         raise PermanentError(f"unknown notifyType {str(kind)[:10]}")
 
-    def answer(self, accepted: bool, reason: str = "") -> NotifyAnswer:
+    def answer(self, accepted: bool, reason: str = "", detail: str = "") -> NotifyAnswer:
         if accepted:
             return NotifyAnswer(200, orjson.dumps({"code": 0, "message": "成功"}),
                                 "application/json")
+        message = f"{reason or 'refused'}: {detail}" if detail else reason or "refused"
         return NotifyAnswer(500 if reason == "unavailable" else 400,
-                            orjson.dumps({"code": 1, "message": reason or "refused"}),
+                            orjson.dumps({"code": 1, "message": message[:300]}),
                             "application/json")

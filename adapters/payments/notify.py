@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,8 +71,9 @@ class NotifyVerifier(Protocol):
         """The verified event; raises ``CallbackRejected`` for anything not to believe."""
         ...
 
-    def answer(self, accepted: bool, reason: str = "") -> NotifyAnswer:
-        """The reply the gateway understands. ``reason`` ``unavailable`` means "retry"."""
+    def answer(self, accepted: bool, reason: str = "", detail: str = "") -> NotifyAnswer:
+        """The reply the gateway understands. ``reason`` ``unavailable`` means "retry";
+        ``detail`` says what was wrong (which field or header), for the gateway's logs."""
         ...
 
 
@@ -90,6 +91,17 @@ def _secret_missing(verifier: NotifyVerifier) -> bool:
         return False
 
     return walk(getattr(verifier, "settings", None))
+
+
+def unique_fields(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """A form's fields; a field given twice is refused, since which copy the signature
+    covered and which one we would act on could differ."""
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise CallbackRejected("malformed", f"field {name[:40]} is given more than once")
+        fields[name] = value
+    return fields
 
 
 class _KeyedLocks:
@@ -193,8 +205,8 @@ class PaymentNotifySource:
             self._db = None
             self._own_db = False
 
-    def _reply(self, accepted: bool, reason: str = "") -> web.Response:
-        answer = self.verifier.answer(accepted, reason)
+    def _reply(self, accepted: bool, reason: str = "", detail: str = "") -> web.Response:
+        answer = self.verifier.answer(accepted, reason, detail)
         return web.Response(status=answer.status, body=answer.body,
                             content_type=answer.content_type)
 
@@ -202,11 +214,18 @@ class PaymentNotifySource:
         assert self.store is not None
         remote = request.remote or ""
         try:
+            # A declared length over the limit is refused before any of the body is read;
+            # a chunked one while it streams (aiohttp stops at ``client_max_size``).
+            if (request.content_length or 0) > self.max_body:
+                raise web.HTTPRequestEntityTooLarge(self.max_body, request.content_length or 0)
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            await self.store.audit(self.gateway, "too_large", "callback body over the limit",
-                                   remote=remote)
-            return self._reply(False, "too_large")
+            detail = f"callback body over the limit of {self.max_body} bytes"
+            with suppress(StoreUnavailable):
+                await self.store.audit(self.gateway, "too_large", detail, remote=remote)
+            response = self._reply(False, "too_large", detail)
+            response.force_close()
+            return response
         notify = NotifyRequest(request.headers, body, request.content_type, remote)
         try:
             event = await self.verifier.verify(notify)
@@ -222,7 +241,7 @@ class PaymentNotifySource:
                                        out_trade_no=refused.out_trade_no, remote=remote)
             except StoreUnavailable:
                 return self._reply(False, "unavailable")
-            return self._reply(False, refused.reason)
+            return self._reply(False, refused.reason, refused.detail)
         async with self._locks.hold(event.key):
             return await self._accept(event, remote)
 

@@ -16,7 +16,7 @@ from adapters.payments.account import AccountKeys
 from adapters.payments.errors import CallbackRejected
 from adapters.payments.model import EventKind, PaymentEvent
 from adapters.payments.money import AmountError, mask_card, parse_fen
-from adapters.payments.notify import NotifyAnswer, NotifyRequest
+from adapters.payments.notify import NotifyAnswer, NotifyRequest, unique_fields
 from adapters.unionpay import crypto
 from adapters.unionpay.settings import UnionPayCredentials, UnionPaySettings
 
@@ -34,13 +34,14 @@ class UnionPayNotifyVerifier:
 
     async def verify(self, request: NotifyRequest) -> PaymentEvent:
         try:
-            fields = dict(parse_qsl(request.body.decode("utf-8"), keep_blank_values=True))
+            fields = unique_fields(parse_qsl(request.body.decode("utf-8"),
+                                             keep_blank_values=True, errors="strict"))
         except (UnicodeDecodeError, ValueError):
             raise CallbackRejected("malformed", "notification is not a UTF-8 form") from None
         order_id = fields.get("orderId", "")
         refusal = crypto.check_fields(fields, self.keys.get().roots, self.settings.signer_name)
         if refusal is not None:
-            raise CallbackRejected(refusal, f"txnType {fields.get('txnType', '')[:4]}",
+            raise CallbackRejected(refusal, _REFUSALS.get(refusal, refusal),
                                    out_trade_no=order_id or None)
         if fields.get("merId") != self.settings.mer_id:
             raise CallbackRejected("wrong_merchant", "notification for another merchant",
@@ -48,8 +49,11 @@ class UnionPayNotifyVerifier:
         try:
             amount = parse_fen(fields.get("txnAmt", ""))
         except AmountError:
-            raise CallbackRejected("malformed", "txnAmt is not fen",
+            raise CallbackRejected("malformed", f"txnAmt {fields.get('txnAmt', '')[:20]!r} is "
+                                   "not a whole number of fen",
                                    out_trade_no=order_id or None) from None
+        if amount < 0:
+            raise CallbackRejected("malformed", "txnAmt is negative", out_trade_no=order_id)
         if not order_id:
             raise CallbackRejected("malformed", "notification without orderId")
         ok = fields.get("respCode") == "00"
@@ -68,8 +72,17 @@ class UnionPayNotifyVerifier:
         raise CallbackRejected("unhandled_event", f"txnType {str(txn_type)[:4]}",
                                out_trade_no=order_id)
 
-    def answer(self, accepted: bool, reason: str = "") -> NotifyAnswer:
+    def answer(self, accepted: bool, reason: str = "", detail: str = "") -> NotifyAnswer:
         if accepted:
             return NotifyAnswer(200, b"ok", "text/plain")
-        return NotifyAnswer(500 if reason == "unavailable" else 400, reason.encode() or b"fail",
-                            "text/plain")
+        text = (reason or "fail") + (f": {detail}" if detail else "")
+        return NotifyAnswer(500 if reason == "unavailable" else 400,
+                            text[:300].encode("utf-8"), "text/plain")
+
+
+_REFUSALS = {
+    "missing_signature": "fields signature and signPubKeyCert are required",
+    "untrusted_certificate": "signPubKeyCert is not a current certificate of the gateway "
+                             "issued by a configured UnionPay CA",
+    "bad_signature": "field signature does not verify with signPubKeyCert (signMethod 01)",
+}

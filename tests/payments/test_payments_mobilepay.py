@@ -108,7 +108,8 @@ async def test_forged_undecryptable_unknown_and_wrong_amount_notifications_are_r
         answer = await mp.control.notify(url=mp.source.url,
                                          **{"out_trade_no": "MP20240007", **fields})
         assert answer["status"] == 400, reason
-        assert orjson.loads(answer["body"]) == {"code": 1, "message": reason}
+        refusal = orjson.loads(answer["body"])
+        assert refusal["code"] == 1 and refusal["message"].split(":")[0] == reason, reason
     async with http.post(mp.source.url, data=b"{}") as resp:
         assert resp.status == 400
     assert [a.reason for a in await mp.store.audits("mobilepay")] == [

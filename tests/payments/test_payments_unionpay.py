@@ -107,7 +107,8 @@ async def test_forged_untrusted_unknown_and_wrong_amount_notifications_are_refus
     for reason, fields in cases.items():
         answer = await up.control.notify(url=up.source.url,
                                          **{"out_trade_no": "UP20240005", **fields})
-        assert (answer["status"], answer["body"]) == (400, reason), reason
+        assert answer["status"] == 400, reason
+        assert answer["body"].split(":")[0] == reason, reason
     assert [a.reason for a in await up.store.audits("unionpay")] == list(cases)
     assert await up.is_("UP20240005", OrderState.CREATED)
     assert up.channel.messages == []

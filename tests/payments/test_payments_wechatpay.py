@@ -123,7 +123,8 @@ async def test_forged_stale_unknown_and_wrong_amount_callbacks_are_refused(
     for reason, fields in cases.items():
         answer = await wx.control.notify(url=url, **{"out_trade_no": "WX20240003", **fields})
         assert answer["status"] == 400, reason
-        assert orjson.loads(answer["body"]) == {"code": "FAIL", "message": reason}
+        refusal = orjson.loads(answer["body"])
+        assert refusal["code"] == "FAIL" and refusal["message"].split(":")[0] == reason
     async with http.post(url, data=b'{"id":"x"}') as resp:
         assert resp.status == 400
     async with http.post(url, data=b"x" * 70_000) as resp:
