@@ -8,6 +8,7 @@ for a batch, any failed entry fails the delivery with the entries' reasons.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import orjson
@@ -18,6 +19,9 @@ from engine.contracts import Result
 from engine.errors import PermanentError
 from engine.settings import DestinationSettings, Secret
 from queues.contract import Envelope
+
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 class FhirDestinationConfig(DestinationSettings):
@@ -58,10 +62,18 @@ class FhirDestination:
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             raise PermanentError("not a FHIR resource: resourceType is missing")
         rtype = resource["resourceType"]
+        rid = resource.get("id")
+        # Both go into the URL: a type or id like "../Patient/x" would write elsewhere.
+        if not _RESOURCE_TYPE.fullmatch(rtype):
+            raise PermanentError(f"resourceType {rtype[:40]!r} is not a FHIR resource name")
+        if rid not in (None, "") and not (isinstance(rid, str) and _ID.fullmatch(rid)
+                                    and rid.strip(".")):
+            raise PermanentError(f"{rtype}.id {str(rid)[:80]!r} is not a FHIR id "
+                                 "(1-64 of A-Z a-z 0-9 - .)")
         if rtype == "Bundle" and resource.get("type") in ("transaction", "batch"):
             method, url = "POST", self.base
-        elif resource.get("id"):
-            method, url = "PUT", f"{self.base}/{rtype}/{resource['id']}"
+        elif rid:
+            method, url = "PUT", f"{self.base}/{rtype}/{rid}"
         else:
             method, url = "POST", f"{self.base}/{rtype}"
         status, body, headers = await self.sender.request(
@@ -88,10 +100,13 @@ def operation_outcome_text(body: bytes) -> str:
     if not isinstance(doc, dict) or doc.get("resourceType") != "OperationOutcome":
         return ""
     parts = []
-    for issue in doc.get("issue", []) or []:
+    issues = doc.get("issue")
+    for issue in issues if isinstance(issues, list) else []:
         if not isinstance(issue, dict):
             continue
-        text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
+        details = issue.get("details")
+        text = issue.get("diagnostics") or (
+            details.get("text") if isinstance(details, dict) else "") or ""
         parts.append(f"{issue.get('severity', '?')} {issue.get('code', '?')}: {text}".strip())
     return "OperationOutcome: " + "; ".join(parts) if parts else "OperationOutcome"
 
@@ -101,10 +116,12 @@ def _check_batch_response(body: bytes) -> None:
         doc: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
         return
+    entries = doc.get("entry") if isinstance(doc, dict) else None
     failures = []
-    for n, entry in enumerate(doc.get("entry", []) if isinstance(doc, dict) else []):
-        status = str((entry.get("response") or {}).get("status", ""))
+    for n, entry in enumerate(entries if isinstance(entries, list) else []):
+        response = entry.get("response") if isinstance(entry, dict) else None
+        status = str(response.get("status", "")) if isinstance(response, dict) else ""
         if status[:1] in ("4", "5"):
-            failures.append(f"entry {n}: {status}")
+            failures.append(f"entry {n}: {status[:40]}")
     if failures:
         raise PermanentError("batch entries failed: " + ", ".join(failures))
