@@ -7,6 +7,7 @@ destination. One engine serves the whole module (the cases are independent reque
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +59,12 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     token = tmp / "source.token"
     token.write_text("s3cret")
 
-    def channel(name: str, path: str, extra: str = "") -> str:
+    def channel(name: str, path: str, extra: str = "", mapping: str = "") -> str:
         return f"""
             [[channels]]
             name = "{name}"
             source = {{ type = "http", listen = "127.0.0.1:0", path = "{path}"{extra} }}
+            {f"mapping = {mapping}" if mapping else ""}
             [[channels.destinations]]
             name = "peer"
             type = "http"
@@ -74,6 +76,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
         channel("big", "/big", ", max_body_bytes = 262144"),
         channel("text", "/text", f', content_type = "text", max_body_bytes = {LIMIT}'),
         channel("secure", "/secure", f', token = "file:{token}"'),
+        channel("mapped", "/mapped", "", mapping='"einvoice_outpatient"'),
     ])))
     await engine.start()
     yield Rig(engine, received, [])
@@ -207,6 +210,32 @@ async def test_bodies_at_the_limit_and_chunked_bodies_are_taken(rig: Rig) -> Non
         "Content-Type": "text/plain; charset=gbk"}))
     assert answer.status == 202
     rig.accepted.append(answer.json()["message_id"])  # type: ignore[index]
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b"null", b"5", b'"settlement"',
+                                  b'{"settlement_id": ["S1"]}', b'{"settlement_id": null}'])
+async def test_json_of_the_wrong_shape_for_the_mapping_is_dead_lettered_with_its_reason(
+        rig: Rig, body: bytes) -> None:
+    """Any JSON document is a JSON message; the channel's mapping is what needs an object,
+    and a body it cannot map ends as a dead letter naming the rule, never as sent."""
+    received = len(rig.received)
+    answer = await exchange(rig.port("mapped"), post("/mapped", body))
+    assert answer.status == 202
+    mid = answer.json()["message_id"]  # type: ignore[index]
+
+    async def dead() -> bool:
+        stored = await rig.engine.store.get(mid)
+        return stored is not None and stored.status == "dead_lettered"
+
+    for _ in range(250):
+        if await dead():
+            break
+        await asyncio.sleep(0.02)
+    events = await rig.engine.store.events(mid)
+    assert events[-1].status == "dead_lettered"
+    assert "einvoice_outpatient.toml: rule[" in (events[-1].detail or "")
+    assert "required value is missing" in (events[-1].detail or "")
+    assert len(rig.received) == received
 
 
 async def test_nothing_accepted_is_lost(rig: Rig) -> None:

@@ -578,6 +578,18 @@ async def test_genuine_callback_with_an_odd_content_type_is_believed_once(
     await _believed(rig, no, data, duplicate=True)
 
 
+@pytest.mark.parametrize("gateway", list(RIGS))
+async def test_genuine_callback_sent_in_chunks_is_believed(
+        rigs: dict[str, Rig[Any, Any]], gateway: str) -> None:
+    rig = rigs[gateway]
+    no = await new_order(rig)
+    head, _, body = GENUINE[gateway](rig, no).partition(b"\r\n\r\n")
+    lines = [line for line in head.split(b"\r\n") if not line.startswith(b"Content-Length")]
+    pieces = [body[i:i + 100] for i in range(0, len(body), 100)]
+    await _believed(rig, no, b"\r\n".join([*lines, b"Transfer-Encoding: chunked"])
+                    + b"\r\n\r\n" + chunked(*pieces))
+
+
 async def _refused(rig: Rig[Any, Any], no: str, data: bytes, reason: str, *,
                    timeout: float = 5.0) -> Answer:
     heard = len(rig.channel.messages)
