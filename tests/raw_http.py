@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import orjson
+import pytest
 
 
 @dataclass(frozen=True)
@@ -73,3 +75,9 @@ async def read_answer(reader: asyncio.StreamReader) -> Answer:
     size = int(headers.get("content-length", "0"))
     body = await reader.readexactly(size) if size else b""
     return Answer(int(status_line.split(" ")[1]), headers, body)
+
+
+def assert_no_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """No ERROR record (an unhandled exception in a handler, a traceback) was logged."""
+    errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors

@@ -7,7 +7,7 @@ answering. One engine serves the whole module.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +16,15 @@ import pytest_asyncio
 
 from engine.runtime import Engine
 from tests.conftest import engine_config
-from tests.raw_http import chunked, exchange, request
+from tests.raw_http import assert_no_errors, chunked, exchange, request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(autouse=True)
+def _no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    yield
+    assert_no_errors(caplog)
 
 TOKEN = "admin-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -8,7 +8,7 @@ attempt, never by retrying an exception until it gives up. One engine serves the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,15 @@ from aiohttp import web
 
 from engine.runtime import Engine
 from tests.conftest import engine_config
-from tests.raw_http import exchange, request
+from tests.raw_http import assert_no_errors, exchange, request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(autouse=True)
+def _no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    yield
+    assert_no_errors(caplog)
 
 
 @dataclass

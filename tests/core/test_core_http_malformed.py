@@ -8,7 +8,7 @@ destination. One engine serves the whole module (the cases are independent reque
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +19,15 @@ from aiohttp import web
 
 from engine.runtime import Engine
 from tests.conftest import engine_config, wait_for
-from tests.raw_http import Answer, chunked, exchange, request
+from tests.raw_http import Answer, assert_no_errors, chunked, exchange, request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(autouse=True)
+def _no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    yield
+    assert_no_errors(caplog)
 
 LIMIT = 4096
 JSON = {"Content-Type": "application/json"}

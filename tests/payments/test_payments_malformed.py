@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,15 @@ from adapters.wechatpay import crypto as wx_crypto
 from engine.database import Database
 from tests.payments.conftest import Channel
 from tests.payments.gateway_rig import RIGS, Harness, Rig
-from tests.raw_http import Answer, chunked, exchange, request
+from tests.raw_http import Answer, assert_no_errors, chunked, exchange, request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(autouse=True)
+def _no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    yield
+    assert_no_errors(caplog)
 
 AMOUNT = 1000
 _numbers = itertools.count(1)
