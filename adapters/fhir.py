@@ -14,7 +14,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field
 
-from adapters.http import HttpSender, OutcomeName
+from adapters.http import DEFAULT_MAX_ANSWER_BYTES, HttpSender, OutcomeName
 from engine.contracts import Result
 from engine.errors import PermanentError
 from engine.settings import DestinationSettings, Secret
@@ -32,6 +32,7 @@ class FhirDestinationConfig(DestinationSettings):
     timeout: float = Field(default=30.0, gt=0)
     connect_timeout: float = Field(default=5.0, gt=0)
     outcomes: dict[str, OutcomeName] = Field(default_factory=dict)
+    max_answer_bytes: int = Field(default=DEFAULT_MAX_ANSWER_BYTES, ge=1024)
 
     def build(self, channel: str) -> FhirDestination:
         return FhirDestination(self)
@@ -46,6 +47,7 @@ class FhirDestination:
             outcomes=config.outcomes,
             headers={"Accept": "application/fhir+json", **config.headers},
             token=config.token, concurrency=config.concurrency,
+            max_answer_bytes=config.max_answer_bytes,
         )
 
     async def start(self) -> None:
@@ -79,11 +81,20 @@ class FhirDestination:
         status, body, headers = await self.sender.request(
             method, url, envelope.body, "fhir+json", {"X-Message-Id": envelope.message_id}
         )
-        if self.sender.outcome_for(status) != "ack":
+        if self.sender.outcome_for(status) != "ack" and body is not None:
             reason = operation_outcome_text(body)
             if reason:
                 body = reason.encode()
         self.sender.classify(status, body, headers, f"{method} {url}")
+        if body is None:
+            # Accepted, but the answer is too long to read. A batch's entries may each have
+            # failed: an operator must look, so the message is dead-lettered saying why.
+            if rtype == "Bundle" and resource.get("type") == "batch":
+                raise PermanentError(
+                    f"{method} {url}: batch answer over {self.config.max_answer_bytes} bytes;"
+                    " its entries cannot be checked")
+            return Result(detail=f"HTTP {status} (answer over {self.config.max_answer_bytes}"
+                          " bytes, not kept)", content_type="fhir+json")
         if rtype == "Bundle" and resource.get("type") == "batch":
             _check_batch_response(body)
         location = headers.get("Location", "")

@@ -411,6 +411,9 @@ _MEDIA = {
 }
 
 
+DEFAULT_MAX_ANSWER_BYTES = 8 * 1024 * 1024
+
+
 class HttpDestinationConfig(DestinationSettings):
     """Posts each envelope to a URL.
 
@@ -418,6 +421,8 @@ class HttpDestinationConfig(DestinationSettings):
         outcomes: status (``"404"``) or class (``"4xx"``) → ``ack``/``retry``/``dead_letter``;
             the most specific entry wins over the defaults.
         token: sent as ``Authorization: Bearer``.
+        max_answer_bytes: the most of an answer's body the engine reads; a longer one is
+            not kept (the status still decides the outcome).
     """
 
     type: Literal["http"]
@@ -428,6 +433,7 @@ class HttpDestinationConfig(DestinationSettings):
     timeout: float = Field(default=30.0, gt=0)
     connect_timeout: float = Field(default=5.0, gt=0)
     outcomes: dict[str, OutcomeName] = Field(default_factory=dict)
+    max_answer_bytes: int = Field(default=DEFAULT_MAX_ANSWER_BYTES, ge=1024)
 
     @field_validator("outcomes")
     @classmethod
@@ -452,7 +458,9 @@ class HttpSender:
     def __init__(
         self, *, timeout: float, connect_timeout: float, outcomes: dict[str, OutcomeName],
         headers: dict[str, str], token: Secret | None, concurrency: int,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
+        self.max_answer_bytes = max_answer_bytes
         self.outcomes = {**_DEFAULT_OUTCOMES, **outcomes}
         self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self.headers = dict(headers)
@@ -478,8 +486,14 @@ class HttpSender:
     async def request(
         self, method: str, url: str, body: bytes, content_type: str,
         extra_headers: dict[str, str] | None = None,
-    ) -> tuple[int, bytes, dict[str, str]]:
-        """One request; connection failures and timeouts become TransientError."""
+    ) -> tuple[int, bytes | None, dict[str, str]]:
+        """One request; connection failures and timeouts become TransientError.
+
+        The answer's body is None when it is larger than ``max_answer_bytes``: reading stops
+        there, so a peer cannot fill the engine's memory. The status alone still decides the
+        outcome (the peer has answered; whether it took the message does not depend on how
+        much it said).
+        """
         if self.session is None:
             raise TransientError("destination is not started")
         headers = {"Content-Type": _MEDIA.get(content_type, "application/octet-stream")}
@@ -494,19 +508,35 @@ class HttpSender:
             headers.update(extra_headers)
         try:
             async with self.session.request(method, url, data=body, headers=headers) as resp:
-                payload = await resp.read()
+                payload = await self._read(resp)
                 return resp.status, payload, dict(resp.headers)
         except TimeoutError:
             raise TransientError(f"{method} {url}: timed out") from None
         except aiohttp.ClientError as exc:
             raise TransientError(f"{method} {url}: {exc.__class__.__name__} {exc}"[:300]) from None
 
-    def classify(self, status: int, body: bytes, headers: dict[str, str], what: str) -> None:
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes | None:
+        limit = self.max_answer_bytes
+        if resp.content_length is not None and resp.content_length > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def classify(
+        self, status: int, body: bytes | None, headers: dict[str, str], what: str
+    ) -> None:
         """Raise the error the status stands for; return normally for success."""
         outcome = self.outcome_for(status)
         if outcome == "ack":
             return
-        snippet = body[:300].decode("utf-8", errors="replace").strip()
+        snippet = (body[:300].decode("utf-8", errors="replace").strip() if body is not None
+                   else f"(answer over {self.max_answer_bytes} bytes, not read)")
         text = f"{what} answered {status}" + (f": {snippet}" if snippet else "")
         if outcome == "retry":
             raise TransientError(text, retry_after=retry_after_seconds(headers.get("Retry-After")))
@@ -531,7 +561,7 @@ class HttpDestination:
         self.sender = HttpSender(
             timeout=config.timeout, connect_timeout=config.connect_timeout,
             outcomes=config.outcomes, headers=config.headers, token=config.token,
-            concurrency=config.concurrency,
+            concurrency=config.concurrency, max_answer_bytes=config.max_answer_bytes,
         )
 
     async def start(self) -> None:
@@ -546,6 +576,9 @@ class HttpDestination:
             self.config.method, self.config.url, envelope.body, envelope.content_type, extra
         )
         self.sender.classify(status, body, headers, self.config.url)
+        if body is None:
+            return Result(detail=f"HTTP {status} (answer over {self.config.max_answer_bytes}"
+                          " bytes, not kept)")
         return Result(detail=f"HTTP {status}", response=body or None,
                       content_type=_response_type(headers))
 

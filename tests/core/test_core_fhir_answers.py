@@ -31,6 +31,10 @@ def _no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     assert_no_errors(caplog)
 
 
+class Chunked(bytes):
+    """An answer body the peer sends in chunks, without a Content-Length."""
+
+
 @dataclass
 class Rig:
     engine: Engine
@@ -44,11 +48,20 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     answers: dict[str, tuple[int, bytes]] = {}
     requests: list[tuple[str, str]] = []
 
-    async def answer(request: web.Request) -> web.Response:
+    async def answer(request: web.Request) -> web.StreamResponse:
         doc = orjson.loads(await request.read())
         requests.append((request.method, request.path))
         status, body = answers.get(doc.get("language", ""), (201, b"{}"))
-        return web.Response(status=status, body=body, content_type="application/fhir+json")
+        if not isinstance(body, Chunked):
+            return web.Response(status=status, body=body, content_type="application/fhir+json")
+        streamed = web.StreamResponse(status=status)  # no Content-Length: read until the end
+        streamed.content_type = "application/fhir+json"
+        streamed.enable_chunked_encoding()
+        await streamed.prepare(request)
+        for at in range(0, len(body), 1000):
+            await streamed.write(body[at:at + 1000])
+        await streamed.write_eof()
+        return streamed
 
     app = web.Application()
     app.router.add_route("*", "/fhir{tail:.*}", answer)
@@ -63,6 +76,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
         name = "fhir"
         type = "fhir"
         base_url = "http://127.0.0.1:{runner.addresses[0][1]}/fhir"
+        max_answer_bytes = 4096
     """))
     await engine.start()
     yield Rig(engine, answers, requests)
@@ -115,6 +129,22 @@ CASES: dict[str, tuple[dict[str, Any], int, bytes, str, str]] = {
                         201, b"{}", "dead_lettered", "is not a FHIR id"),
     "resourceType a path": ({"resourceType": "Patient/../../admin", "language": "m"}, 201,
                             b"{}", "dead_lettered", "is not a FHIR resource name"),
+    # max_answer_bytes = 4096: a longer answer is not read; the status still decides.
+    "created, answer too long to keep": (
+        {"resourceType": "Patient", "language": "n"}, 201, b" " * 10_000, "sent",
+        "HTTP 201 (answer over 4096 bytes, not kept)"),
+    "refused, answer too long to read": (
+        {"resourceType": "Patient", "language": "o"}, 422, b"x" * 10_000, "dead_lettered",
+        "answered 422: (answer over 4096 bytes, not read)"),
+    "created, chunked answer too long to keep": (
+        {"resourceType": "Patient", "language": "q"}, 201, Chunked(b" " * 10_000), "sent",
+        "HTTP 201 (answer over 4096 bytes, not kept)"),
+    "created, chunked answer within the limit": (
+        {"resourceType": "Patient", "language": "r"}, 201, Chunked(b" " * 3000), "sent",
+        "HTTP 201"),
+    "batch answer too long to check": (
+        batch("p"), 200, b" " * 10_000, "dead_lettered",
+        "batch answer over 4096 bytes; its entries cannot be checked"),
 }
 
 
@@ -138,5 +168,7 @@ async def test_fhir_delivery_ends_on_its_first_attempt(rig: Rig, case: str) -> N
     events = [e for e in await rig.engine.store.events(mid) if e.destination]
     assert [e.attempt for e in events] == [1], [(e.status, e.detail) for e in events]
     assert detail in (events[-1].detail or "")
+    if "over 4096" not in detail:
+        assert "over 4096" not in (events[-1].detail or "")
     if final == "dead_lettered" and "FHIR" in detail:  # refused before any request left
         assert len(rig.requests) == sent
