@@ -202,7 +202,11 @@ class NhsaDestination:
         return self._result(reply)
 
     async def _lost(self, sent: Pending, exc: Exception) -> Result:
-        log.warning("%s msgid=%s: answer lost (%s); resolving", sent.infno, sent.msgid, exc)
+        # The error may quote the answer (an error page echoing the request, an HTML page
+        # naming the person): its text goes to DEBUG only.
+        log.warning("%s msgid=%s: answer lost (%s); resolving", sent.infno, sent.msgid,
+                    type(exc).__name__)
+        log.debug("%s msgid=%s: answer lost: %s", sent.infno, sent.msgid, exc)
         resolution = await self.resolver.resolve(sent)
         if resolution.state == "took_effect":
             await self.ledger.remove(sent.key)
