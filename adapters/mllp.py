@@ -106,8 +106,10 @@ class MllpSource:
                 await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass  # peer went away, or the source is stopping: close quietly
-        except Exception:
-            log.exception("mllp source %s: connection from %s failed", self.channel, peer)
+        except Exception as exc:
+            log.error("mllp source %s: connection from %s failed (%s)", self.channel, peer,
+                      type(exc).__name__)
+            log.debug("connection failure detail", exc_info=exc)
         finally:
             self._connections.discard(task)
             self._busy.discard(task)
@@ -158,7 +160,11 @@ class MllpSource:
         except TransientError as exc:
             return _encode(build_ack(msg, "AE", text=str(exc), error_code="206"), msg)
         except Exception as exc:
-            log.exception("mllp source %s: ingest failed for %s", self.channel, msg.control_id)
+            # The error may quote the message it choked on: its class here, its text and
+            # traceback at DEBUG.
+            log.error("mllp source %s: ingest failed for %s (%s)", self.channel,
+                      msg.control_id, type(exc).__name__)
+            log.debug("ingest failure detail", exc_info=exc)
             text = f"internal error: {type(exc).__name__}"
             return _encode(build_ack(msg, "AE", text=text, error_code="207"), msg)
         return _encode(build_ack(msg, "AA"), msg)

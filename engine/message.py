@@ -69,7 +69,7 @@ class Message:
 
     channel: str
     content_type: str
-    body: bytes
+    body: bytes = field(repr=False)  # patient data: never in a log line or a traceback
     id: str = field(default_factory=new_id)
     headers: Mapping[str, str] = field(default_factory=dict)
     correlation_id: str | None = None

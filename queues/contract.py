@@ -30,7 +30,7 @@ class Envelope:
     """What a queue carries: the message id, the bytes to deliver, and their headers."""
 
     message_id: str
-    body: bytes
+    body: bytes = field(repr=False)  # patient data: never in a log line or a traceback
     headers: Mapping[str, str] = field(default_factory=dict)
     content_type: str = "hl7v2"
 

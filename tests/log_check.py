@@ -35,6 +35,11 @@ def texts_of(record: logging.LogRecord) -> list[str]:
     return texts
 
 
+def _forms(value: str) -> set[str]:
+    """The value, and how it reads inside the repr of bytes (``\\xe5\\xbc\\xa0`` for 张)."""
+    return {value, repr(value.encode("utf-8"))[2:-1]}
+
+
 def loud_records(records: Iterable[logging.LogRecord]) -> list[logging.LogRecord]:
     """The engine's records at INFO or above."""
     return [r for r in records
@@ -45,7 +50,7 @@ def assert_no_patient_data(records: Iterable[logging.LogRecord], values: Iterabl
                            *, expect_some: bool = True) -> list[logging.LogRecord]:
     """Fail naming the value and the record if any engine record at INFO+ contains one of
     ``values``; returns the records checked."""
-    secrets = sorted({v for v in values if v and v.strip()})
+    secrets = sorted({form for v in values if v and v.strip() for form in _forms(v)})
     assert secrets, "the test collected no patient values to look for"
     loud = loud_records(records)
     if expect_some:
