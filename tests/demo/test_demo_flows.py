@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from engine.hl7 import parse
 from tests.conftest import REPO
 from tests.demo.demo_config import remapped_config
 
@@ -171,3 +173,23 @@ def test_secrets_are_made_at_run_time_and_never_printed(demo: DemoRun) -> None:
         assert len(value) >= 32
         assert value not in demo.stdout and value not in demo.stderr
     assert "PRIVATE KEY" not in demo.stdout + demo.stderr
+
+
+def test_the_demo_logs_no_patient_data(demo: DemoRun) -> None:
+    """What the demo prints while its patients flow through every channel (with the FHIR
+    outage and the other faults) names no patient: their names, ID and card numbers, phones
+    and streets, read back from the HL7 messages the engine stored."""
+    values: set[str] = set()
+    with sqlite3.connect(demo.directory / "data" / "hisbridge.db") as db:
+        bodies = [row[0] for row in db.execute(
+            "SELECT body FROM messages WHERE content_type = 'hl7v2'")]
+    for body in bodies:
+        msg = parse(body)
+        values.add(msg.get("PID", 5, 1) + msg.get("PID", 5, 2))
+        values.update(msg.get("PID", 3, 1, repetition=n) for n in range(1, 5))
+        values.update((msg.get("PID", 13, 1), msg.get("PID", 11, 1)))
+    values = {v for v in values if len(v) >= 2}
+    assert len(values) > 100
+    leaks = [(v, line) for line in (demo.stdout + demo.stderr).splitlines() for v in values
+             if v in line]
+    assert not leaks, leaks[:5]
