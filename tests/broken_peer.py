@@ -5,7 +5,8 @@ outbound client reads a broken answer (not JSON, wrong shape, unsigned, cut shor
 a ``Reply``. A reply with ``cut_short`` promises more bytes in ``Content-Length`` than it
 sends, then closes the connection, as a peer that dies mid-answer does; one with ``chunked``
 sends its body in pieces without a ``Content-Length`` (the reader cannot know the size up
-front).
+front); ``repeat`` sends a chunked body that many times over (an answer of many megabytes
+without holding it in memory).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     cut_short: bool = False
     chunked: bool = False
+    repeat: int = 1
 
 
 Script = Callable[[web.Request, bytes], "Reply | Awaitable[Reply]"]
@@ -71,7 +73,7 @@ class BrokenPeer:
         if inspect.isawaitable(reply):
             reply = await reply
         assert isinstance(reply, Reply)
-        if reply.chunked:
+        if reply.chunked or reply.repeat > 1:
             return await self._chunked(request, reply)
         if not reply.cut_short:
             response = web.Response(status=reply.status, body=reply.body,
@@ -94,8 +96,9 @@ class BrokenPeer:
         stream.enable_chunked_encoding()
         await stream.prepare(request)
         step = max(1, len(reply.body) // 8)
-        for start in range(0, len(reply.body), step):
-            await stream.write(reply.body[start:start + step])
+        for _ in range(reply.repeat):
+            for start in range(0, len(reply.body), step):
+                await stream.write(reply.body[start:start + step])
         await stream.write_eof()
         return stream
 

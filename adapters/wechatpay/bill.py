@@ -45,7 +45,10 @@ def parse_trade_bill(data: bytes) -> Bill:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise BillError("WeChat Pay bill is not UTF-8") from None
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:  # a field beyond the csv module's limit, a broken quote
+        raise BillError(f"WeChat Pay bill is not readable CSV: {exc}") from None
     if not rows or [c.strip() for c in rows[0]] != list(COLUMNS):
         raise BillError("WeChat Pay bill does not start with the trade bill header")
     index = {name: i for i, name in enumerate(COLUMNS)}
@@ -81,7 +84,8 @@ def parse_trade_bill(data: bytes) -> Bill:
     if summary is None:
         raise BillError("WeChat Pay bill has no summary")
     count = decimal_of(summary[0], "总交易单数")
-    if count != count.to_integral_value():
+    # Bounded before int(): 1e999999999 is a finite Decimal but no int fits it in memory.
+    if count != count.to_integral_value() or not 0 <= count <= 10**9:
         raise BillError("WeChat Pay bill 总交易单数 is not a whole number")
     stated = BillTotals(
         lines=int(count),

@@ -3,13 +3,17 @@
 Every request carries the signed ``Authorization`` header; every answer but the bill file is
 verified (``Wechatpay-Signature`` with the platform key its serial names, 5-minute window)
 before a byte of it is believed. A money call (create, refund) that gets no verified answer
-raises ``InDoubtError``: ``adapters.payments.service`` queries before any retry.
+raises ``InDoubtError``: ``adapters.payments.service`` queries before any retry. So does a
+refund whose verified answer cannot be read (no status, no amount): WeChat Pay took the call,
+so the refund may exist. A verified answer lacking what a create or a query must carry is a
+``PermanentError`` naming the call and the field.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 import time
 from typing import Any
@@ -101,8 +105,8 @@ class WechatPayClient:
                 raise InDoubtError("order already paid at WeChat Pay; query it") from None
             raise
         if request.kind == "native":
-            return Created(extra={"code_url": _text(data, "code_url")})
-        return Created(extra={"prepay_id": _text(data, "prepay_id")})
+            return Created(extra={"code_url": _text(data, "code_url", "create order")})
+        return Created(extra={"prepay_id": _text(data, "prepay_id", "create order")})
 
     async def query(self, order: Order) -> TradeAnswer | None:
         path = (f"/v3/pay/transactions/out-trade-no/{quote(order.out_trade_no, safe='')}"
@@ -113,12 +117,12 @@ class WechatPayClient:
             if exc.code in _NOT_FOUND:
                 return None
             raise
-        state = _text(data, "trade_state")
+        state = _text(data, "trade_state", "query order")
         if state not in TRADE_STATUS:
-            raise PermanentError(f"unknown trade_state {state!r}")
+            raise PermanentError(f"query order: unknown trade_state {state[:40]!r}")
         return TradeAnswer(
             TRADE_STATUS[state],
-            _amount(data, "total"),
+            _amount(data, "total", "query order"),
             gateway_trade_no=str(data.get("transaction_id") or ""),
             paid_at=str(data.get("success_time") or ""),
         )
@@ -142,7 +146,11 @@ class WechatPayClient:
         body = {k: v for k, v in body.items() if v is not None}
         data = await self._json("POST", "/v3/refund/domestic/refunds", body, what="refund",
                                 money=True)
-        return _refund_answer(data)
+        try:
+            return _refund_answer(data, "refund")
+        except PermanentError as exc:
+            raise InDoubtError(f"{exc}; the refund may have been made, query before any retry"
+                               ) from None
 
     async def query_refund(self, request: RefundRequest) -> RefundAnswer | None:
         path = f"/v3/refund/domestic/refunds/{quote(request.out_refund_no, safe='')}"
@@ -152,7 +160,7 @@ class WechatPayClient:
             if exc.code in _NOT_FOUND:
                 return None
             raise
-        return _refund_answer(data)
+        return _refund_answer(data, "query refund")
 
     # -- bills -----------------------------------------------------------------------------
 
@@ -161,10 +169,17 @@ class WechatPayClient:
         and parse it."""
         info = await self._json("GET", f"/v3/bill/tradebill?bill_date={quote(bill_date)}"
                                 "&bill_type=ALL", None, what="trade bill", money=False)
-        url = _text(info, "download_url")
+        url = _text(info, "download_url", "trade bill")
         if info.get("hash_type") != "SHA1":
-            raise BillError(f"unsupported bill hash {info.get('hash_type')!r}")
-        parts = urlsplit(url)
+            hash_type = str(info.get("hash_type"))[:20]
+            raise BillError(f"trade bill: unsupported bill hash {hash_type!r}")
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise PermanentError("trade bill: WeChat Pay answer's download_url is not an"
+                                 " http(s) URL")
         canonical = parts.path + (f"?{parts.query}" if parts.query else "")
         # The file answer is not signed; its integrity is the SHA-1 from the signed answer.
         answer = await self._send("GET", canonical, "", what="download bill", money=False,
@@ -173,7 +188,7 @@ class WechatPayClient:
             raise TransientError(f"download bill: HTTP {answer.status}")
         digest = hashlib.sha1(answer.body, usedforsecurity=False).hexdigest()
         if digest != str(info.get("hash_value")).lower():
-            raise BillError("downloaded bill does not match its SHA-1")
+            raise BillError("trade bill: downloaded bill does not match its SHA-1")
         return parse_trade_bill(answer.body)
 
     # -- JSAPI -----------------------------------------------------------------------------
@@ -215,7 +230,7 @@ class WechatPayClient:
             # SYSTEM_ERROR and friends: the request may have been applied.
             raise doubt(f"{what}: HTTP {answer.status} from WeChat Pay")
         signed = crypto.SignedHeaders.from_headers(answer.headers)
-        refusal = "unsigned" if signed is None else crypto.check_signature(
+        refusal = "unsigned" if signed is None else _malformed(signed) or crypto.check_signature(
             self._session.keys.platform, signed, answer.body)
         if refusal is not None:
             log.warning("WeChat Pay answer not verified: call=%s reason=%s", what, refusal)
@@ -232,24 +247,42 @@ class WechatPayClient:
         return data
 
 
-def _text(data: dict[str, Any], name: str) -> str:
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]{1,1024}")
+
+
+def _malformed(signed: crypto.SignedHeaders) -> str | None:
+    """``malformed_header`` unless every Wechatpay-* value is printable ASCII: the signed text
+    is built from them as ASCII, and a timestamp in other digits would still parse as one."""
+    values = (signed.timestamp, signed.nonce, signed.signature, signed.serial)
+    if all(_HEADER_VALUE.fullmatch(v) for v in values):
+        return None
+    return "malformed_header"
+
+
+def _text(data: dict[str, Any], name: str, what: str) -> str:
     value = data.get(name)
-    if not isinstance(value, str) or not value:
-        raise PermanentError(f"WeChat Pay answer lacks {name}")
+    if value is None or value == "":
+        raise PermanentError(f"{what}: WeChat Pay answer lacks {name}")
+    if not isinstance(value, str):
+        raise PermanentError(f"{what}: WeChat Pay answer's {name} is not text"
+                             f" ({type(value).__name__})")
     return value
 
 
-def _amount(data: dict[str, Any], name: str) -> int:
+def _amount(data: dict[str, Any], name: str, what: str) -> int:
     amount = data.get("amount")
     value = amount.get(name) if isinstance(amount, dict) else None
+    if value is None:
+        raise PermanentError(f"{what}: WeChat Pay answer lacks amount.{name}")
     if not isinstance(value, int) or isinstance(value, bool):
-        raise PermanentError(f"WeChat Pay answer lacks amount.{name}")
+        raise PermanentError(f"{what}: WeChat Pay answer's amount.{name} is not a whole"
+                             f" number of fen ({type(value).__name__})")
     return value
 
 
-def _refund_answer(data: dict[str, Any]) -> RefundAnswer:
-    status = _text(data, "status")
+def _refund_answer(data: dict[str, Any], what: str) -> RefundAnswer:
+    status = _text(data, "status", what)
     if status not in REFUND_STATUS:
-        raise PermanentError(f"unknown refund status {status!r}")
-    return RefundAnswer(REFUND_STATUS[status], _amount(data, "refund"),
+        raise PermanentError(f"{what}: unknown refund status {status[:40]!r}")
+    return RefundAnswer(REFUND_STATUS[status], _amount(data, "refund", what),
                         gateway_refund_no=str(data.get("refund_id") or ""))
