@@ -14,6 +14,7 @@ import csv
 import io
 import re
 import zipfile
+import zlib
 from decimal import Decimal
 
 from adapters.payments.bills import Bill, BillError, BillLine, BillTotals, decimal_of
@@ -25,7 +26,7 @@ DETAIL_COLUMNS = (
     "商家优惠（元）", "券核销金额（元）", "券名称", "商家红包消费金额（元）",
     "卡消费金额（元）", "退款批次号/请求号", "服务费（元）", "分润（元）", "备注",
 )
-_TOTAL = re.compile(r"^#(交易|退款)合计：(\d+)笔，商家实收：(-?[\d.]+)元")
+_TOTAL = re.compile(r"^#(交易|退款)合计：([0-9]{1,9})笔，商家实收：(-?[0-9.]{1,20})元")
 MAX_UNZIPPED = 64 * 1024 * 1024
 
 
@@ -53,8 +54,14 @@ def parse_bill_zip(data: bytes) -> Bill:
         info = details[0]
         if info.file_size > MAX_UNZIPPED:
             raise BillError("Alipay bill detail file is too large")
-        with archive.open(info) as handle:
-            raw = handle.read(MAX_UNZIPPED + 1)
+        try:
+            with archive.open(info) as handle:
+                raw = handle.read(MAX_UNZIPPED + 1)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
+                RuntimeError) as exc:
+            # A damaged member (bad CRC or header, truncated or undecodable data) or one
+            # zipfile cannot open (encrypted, an unknown compression method).
+            raise BillError(f"Alipay bill detail file cannot be unzipped: {exc}") from None
     if len(raw) > MAX_UNZIPPED:
         raise BillError("Alipay bill detail file is too large")
     try:
@@ -69,7 +76,11 @@ def parse_detail_csv(text: str) -> Bill:
     stated: dict[str, tuple[int, Decimal]] = {}
     header_seen = False
     index: dict[str, int] = {}
-    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:  # a field beyond the csv module's limit, a broken quote
+        raise BillError(f"Alipay bill detail file is not readable CSV: {exc}") from None
+    for number, row in enumerate(rows, start=1):
         if not row:
             continue
         first = row[0].strip()

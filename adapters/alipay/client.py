@@ -4,12 +4,19 @@ Each call is one form POST to the gateway with RSA2-signed common parameters and
 ``biz_content``; each answer's ``<method>_response`` node is verified over its raw text.
 ``code`` 10000 is success, 10003 "the payer is confirming", 20000 "unknown, ask again"
 (in doubt for money calls), 40004 a business refusal with its ``sub_code``.
+
+An answer that cannot be verified or read is in doubt for a money call (``InDoubtError``:
+the service queries first), transient for a read-only one. A verified success lacking what
+the call must carry is in doubt where money may have moved (a barcode payment, a refund) and
+a ``PermanentError`` naming the method and the field otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -77,21 +84,24 @@ class AlipayClient:
             "subject": request.description[:256],
         }
         if request.kind == "precreate":
-            data = await self._call("alipay.trade.precreate", biz, money=True, notify=True)
-            return Created(extra={"qr_code": _text(data, "qr_code")})
+            method = "alipay.trade.precreate"
+            data = await self._call(method, biz, money=True, notify=True)
+            return Created(extra={"qr_code": _text(data, "qr_code", method)})
         if request.kind != "barcode":
             raise PermanentError(f"unsupported Alipay order kind {request.kind!r}")
         auth_code = request.extra.get("auth_code")
         if not auth_code:
             raise PermanentError("a barcode payment needs the payer's auth_code")
         biz.update(scene="bar_code", auth_code=auth_code)
-        data = await self._call("alipay.trade.pay", biz, money=True, notify=True,
-                                accept=("10000", "10003"))
+        method = "alipay.trade.pay"
+        data = await self._call(method, biz, money=True, notify=True, accept=("10000", "10003"))
         if data["code"] == "10003":  # the payer is confirming on the phone: result to come
             return Created(gateway_trade_no=str(data.get("trade_no") or ""))
-        trade_no = _text(data, "trade_no")
-        paid = PaymentEvent(self.name, EventKind.PAYMENT, request.out_trade_no,
-                            _fen(data, "total_amount"), gateway_trade_no=trade_no,
+        with _in_doubt("the payment may have been taken"):
+            trade_no = _text(data, "trade_no", method)
+            amount = _fen(data, "total_amount", method)
+        paid = PaymentEvent(self.name, EventKind.PAYMENT, request.out_trade_no, amount,
+                            gateway_trade_no=trade_no,
                             occurred_at=str(data.get("gmt_payment") or ""), source="response")
         return Created(gateway_trade_no=trade_no, paid=paid)
 
@@ -105,11 +115,11 @@ class AlipayClient:
             raise
         status = str(data.get("trade_status"))
         if status not in TRADE_STATUS:
-            raise PermanentError(f"unknown trade_status {status!r}")
+            raise PermanentError(f"alipay.trade.query: unknown trade_status {status[:40]!r}")
         answer = TRADE_STATUS[status]
         if answer is TradeStatus.CLOSED and data.get("send_pay_date"):
             answer = TradeStatus.PAID  # closed by a full refund: it was paid
-        return TradeAnswer(answer, _fen(data, "total_amount"),
+        return TradeAnswer(answer, _fen(data, "total_amount", "alipay.trade.query"),
                            gateway_trade_no=str(data.get("trade_no") or ""),
                            paid_at=str(data.get("send_pay_date") or ""))
 
@@ -127,36 +137,40 @@ class AlipayClient:
             "out_request_no": request.out_refund_no,
             "refund_reason": request.reason[:256] or None,
         }
-        data = await self._call("alipay.trade.refund",
-                                {k: v for k, v in biz.items() if v is not None}, money=True)
-        refunded_total = _fen(data, "refund_fee")
+        method = "alipay.trade.refund"
+        data = await self._call(method, {k: v for k, v in biz.items() if v is not None},
+                                money=True)
+        with _in_doubt("the refund may have been made"):
+            refunded_total = _fen(data, "refund_fee", method)
         if refunded_total < request.amount_fen:
-            raise PermanentError("Alipay refund answer states less than this refund")
+            raise PermanentError(f"{method}: Alipay answer states less than this refund")
         return RefundAnswer(RefundState.SUCCESS, 0, gateway_refund_no=request.out_refund_no)
 
     async def query_refund(self, request: RefundRequest) -> RefundAnswer | None:
         biz = {"out_trade_no": request.order.out_trade_no,
                "out_request_no": request.out_refund_no}
+        method = "alipay.trade.fastpay.refund.query"
         try:
-            data = await self._call("alipay.trade.fastpay.refund.query", biz, money=False)
+            data = await self._call(method, biz, money=False)
         except GatewayRejected as exc:
             if exc.code in _NOT_FOUND:
                 return None
             raise
-        if not data.get("refund_amount"):
+        if data.get("refund_amount") in (None, ""):
             return None  # Alipay answers 10000 with no refund fields for an unknown refund
         status = data.get("refund_status", "REFUND_SUCCESS")
         state = RefundState.SUCCESS if status == "REFUND_SUCCESS" else RefundState.PROCESSING
-        return RefundAnswer(state, _fen(data, "refund_amount"),
+        return RefundAnswer(state, _fen(data, "refund_amount", method),
                             gateway_refund_no=request.out_refund_no)
 
     # -- bills -----------------------------------------------------------------------------
 
     async def trade_bill(self, bill_date: str) -> Bill:
         """Download and parse the ``trade`` bill of ``bill_date`` (``YYYY-MM-DD``)."""
-        data = await self._call("alipay.data.dataservice.bill.downloadurl.query",
-                                {"bill_type": "trade", "bill_date": bill_date}, money=False)
-        url = _text(data, "bill_download_url")
+        method = "alipay.data.dataservice.bill.downloadurl.query"
+        data = await self._call(method, {"bill_type": "trade", "bill_date": bill_date},
+                                money=False)
+        url = _text(data, "bill_download_url", method)
         session, _ = self._session.ready()
         answer = await call(session, "GET", url, what="download bill", money=False,
                             deadline=self.settings.timeout * 3)
@@ -201,19 +215,20 @@ class AlipayClient:
         if text is None:
             error = crypto.extract_signed_response(raw, "error_response")
             if error is not None:
-                data = _object(error)
+                data = _object(error, method, doubt)
                 raise GatewayRejected(str(data.get("sub_msg") or data.get("msg")),
                                       code=str(data.get("sub_code") or data.get("code")))
             raise doubt(f"{method}: answer has no {node}")
-        try:
-            sign = orjson.loads(raw).get("sign", "")
-        except orjson.JSONDecodeError:
-            sign = ""
-        if not crypto.verify_response(keys.alipay_key, text, str(sign)):
+        if not crypto.verify_response(keys.alipay_key, text, _sign(raw)):
             log.warning("Alipay answer not verified: method=%s", method)
             raise doubt(f"{method}: answer signature not verified")
-        data = _object(text)
-        code = str(data.get("code"))
+        data = _object(text, method, doubt)
+        code = data.get("code")
+        if isinstance(code, int) and not isinstance(code, bool):
+            code = data["code"] = str(code)  # a number where Alipay writes text
+        if not isinstance(code, str) or not code:
+            # Neither a success nor a refusal: for a money call, Alipay may have acted.
+            raise doubt(f"{method}: answer has no code")
         if code in accept:
             return data
         sub_code = str(data.get("sub_code") or "")
@@ -223,25 +238,57 @@ class AlipayClient:
                               code=sub_code or code)
 
 
-def _object(text: str) -> dict[str, Any]:
-    data = orjson.loads(text)
-    if not isinstance(data, dict):
-        raise PermanentError("Alipay answer is not a JSON object")
+def _sign(raw: str) -> str:
+    """The answer's top-level ``sign``, or "" when there is none to be had."""
+    try:
+        envelope = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ""
+    sign = envelope.get("sign") if isinstance(envelope, dict) else None
+    return sign if isinstance(sign, str) else ""
+
+
+def _object(text: str, method: str, doubt: type[TransientError]) -> dict[str, Any]:
+    """A response node's text as an object. The node was found by Python's JSON parser, which
+    accepts what orjson refuses (NaN, lone surrogates): such text is unreadable, not a crash."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise doubt(f"{method}: answer is not JSON orjson can read ({exc})") from None
+    if not isinstance(data, dict):  # pragma: no cover - extract_signed_response checks it
+        raise doubt(f"{method}: answer is not a JSON object")
     return data
 
 
-def _text(data: dict[str, Any], name: str) -> str:
+@contextlib.contextmanager
+def _in_doubt(why: str) -> Iterator[None]:
+    """A success of a money call whose figures cannot be read: Alipay acted, so it is in
+    doubt (the service queries), not a refusal."""
+    try:
+        yield
+    except PermanentError as exc:
+        raise InDoubtError(f"{exc}; {why}, query before any retry") from None
+
+
+def _text(data: dict[str, Any], name: str, method: str) -> str:
     value = data.get(name)
-    if not isinstance(value, str) or not value:
-        raise PermanentError(f"Alipay answer lacks {name}")
+    if value is None or value == "":
+        raise PermanentError(f"{method}: Alipay answer lacks {name}")
+    if not isinstance(value, str):
+        raise PermanentError(f"{method}: Alipay answer's {name} is not text"
+                             f" ({type(value).__name__})")
     return value
 
 
-def _fen(data: dict[str, Any], name: str) -> int:
+def _fen(data: dict[str, Any], name: str, method: str) -> int:
     value = data.get(name)
+    if value is None or value == "":
+        raise PermanentError(f"{method}: Alipay answer lacks {name}")
     try:
         if not isinstance(value, str):
-            raise AmountError(name)
+            raise AmountError(type(value).__name__)
         return yuan_to_fen(value)
     except AmountError:
-        raise PermanentError(f"Alipay answer has no valid {name}") from None
+        shown = repr(value[:20]) if isinstance(value, str) else type(value).__name__
+        raise PermanentError(f"{method}: Alipay answer's {name} is not a yuan amount"
+                             f" ({shown})") from None
