@@ -28,6 +28,11 @@ DETAIL_COLUMNS = (
 )
 _TOTAL = re.compile(r"^#(交易|退款)合计：([0-9]{1,9})笔，商家实收：(-?[0-9.]{1,20})元")
 MAX_UNZIPPED = 64 * 1024 * 1024
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
+               ValueError, OSError)
+"""What zipfile raises for a damaged archive (bad CRC or header, truncated or undecodable
+data, a name that is not UTF-8, an offset before the start) or one it cannot open (encrypted,
+an unknown compression method)."""
 
 
 def _entry_name(info: zipfile.ZipInfo) -> str:
@@ -44,7 +49,7 @@ def parse_bill_zip(data: bytes) -> Bill:
     """Find the detail CSV in the zip and parse it (``BillError`` when anything is off)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+    except _ZIP_ERRORS:
         raise BillError("Alipay bill is not a zip file") from None
     with archive:
         details = [i for i in archive.infolist()
@@ -57,10 +62,7 @@ def parse_bill_zip(data: bytes) -> Bill:
         try:
             with archive.open(info) as handle:
                 raw = handle.read(MAX_UNZIPPED + 1)
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
-                RuntimeError) as exc:
-            # A damaged member (bad CRC or header, truncated or undecodable data) or one
-            # zipfile cannot open (encrypted, an unknown compression method).
+        except _ZIP_ERRORS as exc:
             raise BillError(f"Alipay bill detail file cannot be unzipped: {exc}") from None
     if len(raw) > MAX_UNZIPPED:
         raise BillError("Alipay bill detail file is too large")

@@ -292,6 +292,8 @@ async def test_the_bill_script_serves_a_good_bill(gateway: Gateway) -> None:
      r"Alipay bill detail file cannot be unzipped: .*compression method"),
     (_bill_script(Reply(_patched(_zip(_detail()), flags=0x801))), BillError,
      r"Alipay bill detail file cannot be unzipped: .*encrypted"),
+    (_bill_script(Reply(_zip(_detail()).replace(b"20880156_", b"2088\xff156_"))), BillError,
+     r"Alipay bill is not a zip file"),
     (_bill_script(Reply(_zip(_detail().decode("gbk").encode("utf-8")))), BillError,
      r"Alipay bill detail file is not GBK|lacks the expected header"),
     (_bill_script(Reply(_zip(_detail([["x" * 200_000]])))), BillError,
