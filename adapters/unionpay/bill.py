@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 
 from adapters.payments.bills import Bill, BillError, BillLine, BillTotals
-from adapters.payments.money import AmountError, fen_to_yuan, parse_fen
+from adapters.payments.money import fen_to_yuan, parse_fen
 
 MAX_FILE = 64 * 1024 * 1024
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
+               ValueError, OSError)
+"""What zipfile raises for a damaged archive (bad CRC or header, truncated or undecodable
+data, a name that is not UTF-8, an offset before the start) or one it cannot open (encrypted,
+an unknown compression method)."""
 
 
 def parse_bill_file(archive: bytes) -> Bill:
@@ -31,9 +37,11 @@ def parse_bill_file(archive: bytes) -> Bill:
             members = [i for i in zf.infolist() if i.filename.startswith("INN")]
             if len(members) != 1 or members[0].file_size > MAX_FILE:
                 raise BillError("UnionPay settlement zip lacks its (single) INN file")
-            text = zf.read(members[0]).decode("utf-8")
-    except zipfile.BadZipFile:
-        raise BillError("UnionPay settlement file is not a zip") from None
+            data = zf.read(members[0])
+    except _ZIP_ERRORS as exc:
+        raise BillError(f"UnionPay settlement file is not a readable zip: {exc}") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise BillError("UnionPay settlement file is not UTF-8") from None
     return parse_settlement_text(text)
@@ -42,7 +50,7 @@ def parse_bill_file(archive: bytes) -> Bill:
 def _fen(text: str, what: str) -> int:
     try:
         return parse_fen(text)
-    except AmountError:
+    except ValueError:  # AmountError, or digits int() refuses ("²")
         raise BillError(f"UnionPay settlement {what} is not an amount in fen") from None
 
 

@@ -9,6 +9,12 @@ exactly as the original request did.
 
 UnionPay has no call to close an unpaid QR order: it stops being payable at ``payTimeout``,
 which we send with every order; ``close_order`` therefore only closes our side.
+
+An answer that cannot be verified or read, or that carries no ``respCode``, is in doubt for a
+money call and transient for a query. A verified answer lacking what the call must carry is
+in doubt for a refund (UnionPay took it) and a ``PermanentError`` naming the call and the
+field otherwise; a query answer without the original transaction's ``origRespCode`` is never
+read as "failed" (that would free a refund's amount for a second refund).
 """
 
 from __future__ import annotations
@@ -34,10 +40,9 @@ from adapters.payments.model import (
     TradeAnswer,
     TradeStatus,
 )
-from adapters.payments.money import AmountError, parse_fen
 from adapters.payments.transport import call
 from adapters.unionpay import crypto
-from adapters.unionpay.bill import parse_bill_file
+from adapters.unionpay.bill import MAX_FILE, parse_bill_file
 from adapters.unionpay.settings import UnionPaySettings
 from engine.errors import InDoubtError, PermanentError, TransientError
 
@@ -45,6 +50,8 @@ log = logging.getLogger(__name__)
 
 CHINA = dt.timezone(dt.timedelta(hours=8))
 _ORDER_ID = re.compile(r"^[0-9A-Za-z]{8,40}$")
+_RESP_CODE = re.compile(r"[0-9A-Z]{2}")
+_FEN = re.compile(r"[0-9]{1,12}")
 _UNKNOWN = ("03", "04", "05")
 
 
@@ -92,7 +99,7 @@ class UnionPayClient:
                                   money=True)
         qr = answer.get("qrCode")
         if not qr:
-            raise PermanentError("UnionPay answer lacks qrCode")
+            raise PermanentError("apply QR code: UnionPay answer lacks qrCode")
         return Created(extra={"qr_code": qr})
 
     async def query(self, order: Order) -> TradeAnswer | None:
@@ -103,7 +110,7 @@ class UnionPayClient:
         return TradeAnswer(
             TradeStatus.PAID if status == "00" else
             TradeStatus.UNPAID if status in _UNKNOWN else TradeStatus.CLOSED,
-            _fen(answer.get("txnAmt", "")),
+            _fen(answer, "query"),
             gateway_trade_no=answer.get("queryId", "") if status == "00" else "",
             paid_at=answer.get("traceTime", ""),
         )
@@ -129,7 +136,12 @@ class UnionPayClient:
         })
         answer = await self._post("/gateway/api/backTransReq.do", fields, what="refund",
                                   money=True)
-        return RefundAnswer(RefundState.PROCESSING, _fen(answer.get("txnAmt", "")),
+        try:
+            amount = _fen(answer, "refund")
+        except PermanentError as exc:
+            raise InDoubtError(f"{exc}; the refund may have been made, query before any retry"
+                               ) from None
+        return RefundAnswer(RefundState.PROCESSING, amount,
                             gateway_refund_no=answer.get("queryId", ""))
 
     async def query_refund(self, request: RefundRequest) -> RefundAnswer | None:
@@ -139,7 +151,7 @@ class UnionPayClient:
         status = _status(answer)
         state = (RefundState.SUCCESS if status == "00" else
                  RefundState.PROCESSING if status in _UNKNOWN else RefundState.FAILED)
-        return RefundAnswer(state, _fen(answer.get("txnAmt", "")),
+        return RefundAnswer(state, _fen(answer, "query"),
                             gateway_refund_no=answer.get("queryId", ""))
 
     # -- bills -----------------------------------------------------------------------------
@@ -153,11 +165,17 @@ class UnionPayClient:
         })
         answer = await self._post("/fileTransRequest.do", fields, what="settlement file",
                                   money=False, base=self._file_base)
+        inflate = zlib.decompressobj()
         try:
-            archive = zlib.decompress(base64.b64decode(answer.get("fileContent", ""),
-                                                       validate=True))
+            deflated = base64.b64decode(answer.get("fileContent", ""), validate=True)
+            # Bounded: a few kilobytes of deflated zeros would otherwise inflate to gigabytes.
+            archive = inflate.decompress(deflated, MAX_FILE + 1)
         except (binascii.Error, zlib.error, ValueError):
             raise BillError("UnionPay fileContent is not Base64 of deflated data") from None
+        if len(archive) > MAX_FILE:
+            raise BillError(f"UnionPay fileContent inflates to more than {MAX_FILE} bytes")
+        if not inflate.eof:
+            raise BillError("UnionPay fileContent is not Base64 of deflated data (it ends early)")
         return parse_bill_file(archive)
 
     # -- the wire --------------------------------------------------------------------------
@@ -202,6 +220,8 @@ class UnionPayClient:
             log.warning("UnionPay answer not verified: call=%s reason=%s", what, refusal)
             raise doubt(f"{what}: answer not verified ({refusal})")
         code = data.get("respCode", "")
+        if not code:  # neither a success nor a refusal: for a money call UnionPay may have acted
+            raise doubt(f"{what}: answer has no respCode")
         if code == "00":
             return data
         if code in _UNKNOWN:
@@ -215,12 +235,17 @@ def _check_order_id(value: str) -> None:
 
 
 def _status(answer: dict[str, str]) -> str:
-    """The original transaction's result code in a query answer."""
-    return answer.get("origRespCode", "")
+    """The original transaction's result code in a query answer (two digits)."""
+    status = answer.get("origRespCode", "")
+    if not _RESP_CODE.fullmatch(status):
+        raise PermanentError(f"query: UnionPay answer has no valid origRespCode"
+                             f" ({status[:8]!r})")
+    return status
 
 
-def _fen(text: str) -> int:
-    try:
-        return parse_fen(text)
-    except AmountError:
-        raise PermanentError("UnionPay answer has no valid txnAmt") from None
+def _fen(answer: dict[str, str], what: str) -> int:
+    text = answer.get("txnAmt", "")
+    if not _FEN.fullmatch(text):
+        raise PermanentError(f"{what}: UnionPay answer's txnAmt is not a whole number of fen"
+                             f" ({text[:20]!r})")
+    return int(text)
