@@ -11,6 +11,11 @@ Answers are envelopes ``{code, message, ...}`` sealed like requests; ``code`` 0 
 The codes below are modelled (unconfirmed): 1001 no such order or refund, 1002 not allowed
 in the order's state, 1003 refund beyond what was paid, 5000 busy (outcome unknown).
 Order states (``ordStas``, subset): 0 and 1 unpaid, 6 settled, 7 refunded, 12 cancelled.
+
+An answer that cannot be opened or verified, or that carries no numeric ``code``, is in doubt
+for a money call (6201, 6202, 6203) and transient for a query. A verified success lacking what
+the call must carry is in doubt for 6202 and 6203 (the platform may have moved the money) and
+a ``PermanentError`` naming the call and the field otherwise.
 """
 
 from __future__ import annotations
@@ -96,9 +101,11 @@ class MobilePayClient:
             "notifyUrl": self.settings.notify_url,
             "orderDesc": request.description[:100],
         }
-        out = await self._call("6201", data, what="6201 fee upload", money=True)
-        pay_ord_id = _text(out, "payOrdId")
-        return Created(extra={"pay_ord_id": pay_ord_id, "pay_token": _text(out, "payToken")},
+        what = "6201 fee upload"
+        out = await self._call("6201", data, what=what, money=True)
+        pay_ord_id = _text(out, "payOrdId", what)
+        return Created(extra={"pay_ord_id": pay_ord_id,
+                              "pay_token": _text(out, "payToken", what)},
                        gateway_trade_no=pay_ord_id)
 
     async def pay(self, order: Order) -> TradeAnswer:
@@ -110,7 +117,11 @@ class MobilePayClient:
                 "payToken": order.extra["pay_token"], "payAuthNo": auth,
                 "orgCodg": self.settings.org_code, "medOrgOrd": order.out_trade_no}
         out = await self._call("6202", data, what="6202 pay", money=True)
-        return _trade(out)
+        try:
+            return _trade(out, "6202 pay")
+        except PermanentError as exc:
+            raise InDoubtError(f"{exc}; the payment may have been taken, query before any"
+                               " retry") from None
 
     async def query(self, order: Order) -> TradeAnswer | None:
         try:
@@ -121,7 +132,7 @@ class MobilePayClient:
             if exc.code == str(NOT_FOUND):
                 return None
             raise
-        return _trade(out)
+        return _trade(out, "6301 query")
 
     async def close_order(self, order: Order) -> None:
         """Nothing to send: an unpaid upload lapses on the platform."""
@@ -140,7 +151,11 @@ class MobilePayClient:
                 "refdType": "ALL" if request.amount_fen == request.order.amount_fen else "PART",
                 "expContent": request.reason[:100]}
         out = await self._call("6203", data, what="6203 refund", money=True)
-        return _refund(out)
+        try:
+            return _refund(out, "6203 refund")
+        except PermanentError as exc:
+            raise InDoubtError(f"{exc}; the refund may have been made, query before any retry"
+                               ) from None
 
     async def query_refund(self, request: RefundRequest) -> RefundAnswer | None:
         try:
@@ -153,7 +168,12 @@ class MobilePayClient:
                 return None
             raise
         info = out.get("refdInfo")
-        return _refund(info) if isinstance(info, dict) else None
+        if info is None:
+            return None
+        if not isinstance(info, dict):
+            raise PermanentError(f"6301 refund query: answer's refdInfo is not an object"
+                                 f" ({type(info).__name__})")
+        return _refund(info, "6301 refund query")
 
     # -- the wire --------------------------------------------------------------------------
 
@@ -178,11 +198,16 @@ class MobilePayClient:
             out = await asyncio.to_thread(crypto.open_envelope, reply,
                                           app_secret=creds.app_secret,
                                           peer_public_hex=creds.platform_public_hex)
-        except (ValueError, crypto.EnvelopeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
+            # EnvelopeError is a ValueError; TypeError: a float where the signed text allows
+            # none (a fractional timestamp, NaN in the data); RecursionError: JSON nested
+            # beyond the parser.
             log.warning("mobile payment answer not verified: call=%s (%s)", what,
                         type(exc).__name__)
-            raise doubt(f"{what}: answer not verified") from None
-        code = reply.get("code")
+            raise doubt(f"{what}: answer not verified ({type(exc).__name__})") from None
+        code = _code(reply.get("code"))
+        if code is None:  # neither a success nor a refusal: the platform may have acted
+            raise doubt(f"{what}: answer has no code")
         if code == 0:
             return out
         if code == BUSY:
@@ -190,25 +215,46 @@ class MobilePayClient:
         raise GatewayRejected(str(reply.get("message") or "refused")[:200], code=str(code))
 
 
-def _text(out: dict[str, Any], name: str) -> str:
+def _code(value: Any) -> int | None:
+    """The envelope's ``code``: a number, or digits where the platform writes text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _text(out: dict[str, Any], name: str, what: str) -> str:
     value = out.get(name)
-    if not isinstance(value, str) or not value:
-        raise PermanentError(f"mobile payment answer lacks {name}")
+    if value is None or value == "":
+        raise PermanentError(f"{what}: answer lacks {name}")
+    if not isinstance(value, str):
+        raise PermanentError(f"{what}: answer's {name} is not text ({type(value).__name__})")
     return value
 
 
-def _trade(out: dict[str, Any]) -> TradeAnswer:
+def _fen(out: dict[str, Any], name: str, what: str) -> int:
+    value = out.get(name)
+    try:
+        return fen_of(value, name)
+    except PermanentError:
+        shown = repr(value[:20]) if isinstance(value, str) else type(value).__name__
+        raise PermanentError(f"{what}: answer has no valid {name} ({shown})") from None
+
+
+def _trade(out: dict[str, Any], what: str) -> TradeAnswer:
     status = str(out.get("ordStas", ""))
     if status not in ORDER_STATUS:
-        raise PermanentError(f"unknown ordStas {status!r}")
-    return TradeAnswer(ORDER_STATUS[status], fen_of(out.get("feeSumamt"), "feeSumamt"),
+        raise PermanentError(f"{what}: unknown ordStas {status[:20]!r}")
+    return TradeAnswer(ORDER_STATUS[status], _fen(out, "feeSumamt", what),
                        gateway_trade_no=str(out.get("payOrdId") or ""),
                        paid_at=str(out.get("setlTime") or ""))
 
 
-def _refund(out: dict[str, Any]) -> RefundAnswer:
+def _refund(out: dict[str, Any], what: str) -> RefundAnswer:
     status = str(out.get("refdStas", ""))
     if status not in REFUND_STATUS:
-        raise PermanentError(f"unknown refdStas {status!r}")
-    return RefundAnswer(REFUND_STATUS[status], fen_of(out.get("totlRefdAmt"), "totlRefdAmt"),
+        raise PermanentError(f"{what}: unknown refdStas {status[:20]!r}")
+    return RefundAnswer(REFUND_STATUS[status],
+                        _fen(out, "totlRefdAmt", what),
                         gateway_refund_no=str(out.get("appRefdSn") or ""))
