@@ -116,6 +116,9 @@ class Metrics:
                                "Delivery attempts that failed and were scheduled again.")
         self.dead_lettered = Counter("hisbridge_deliveries_dead_lettered_total",
                                      "Deliveries moved to dead letters.")
+        self.resends_skipped = Counter(
+            "hisbridge_deliveries_resend_skipped_total",
+            "Redelivered messages not sent again: the store shows the destination took them.")
         self.ingest_latency = Histogram("hisbridge_ingest_seconds",
                                         "Time from receipt to durable commit (ACK latency).")
         self.delivery_latency = Histogram("hisbridge_end_to_end_seconds",
@@ -128,7 +131,8 @@ class Metrics:
         return [
             self.received, self.duplicates, self.refused, self.filtered, self.mapped,
             self.mapping_errors, self.sent, self.retried, self.dead_lettered,
-            self.ingest_latency, self.delivery_latency, self.send_latency, *self.gauges,
+            self.resends_skipped, self.ingest_latency, self.delivery_latency,
+            self.send_latency, *self.gauges,
         ]
 
     def render(self) -> str:

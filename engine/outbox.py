@@ -259,11 +259,14 @@ class Outbox:
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def _publish(self, message_id: str, queue: str, envelope: Envelope) -> None:
+    async def _publish(self, message_id: str, queue: str, envelope: Envelope, *,
+                       republish: bool = False) -> None:
         """Publish one row's message; a concurrent call for the same row shares its outcome.
 
         The publish runs in the caller's task (no task of its own: this is the hot path). A
-        caller cancelled mid-publish leaves its row, and the sweep publishes it again.
+        caller cancelled mid-publish leaves its row, and the sweep publishes it again, marked
+        as a possible repeat: a row whose publish was confirmed just before a crash is still
+        there, and its message may have been delivered already.
         """
         key = (message_id, queue)
         shared = self._inflight.get(key)
@@ -273,7 +276,7 @@ class Outbox:
         shared = asyncio.get_running_loop().create_future()
         self._inflight[key] = shared
         try:
-            await self.backend.publish(queue, [envelope])
+            await self.backend.publish(queue, [envelope], republish=republish)
         except BaseException as exc:
             # A caller sharing this publish gets a plain failure, even when it was the
             # owner that was cancelled.
@@ -331,7 +334,8 @@ class Outbox:
             keys = [k for k in keys if k not in self._inflight and k not in self._confirmed]
             pending = await self.db.read(functools.partial(_pending_of, keys))
             results = await asyncio.gather(
-                *(self._publish(k[0], p.queue, p.envelope) for k, p in pending),
+                *(self._publish(k[0], p.queue, p.envelope, republish=True)
+                  for k, p in pending),
                 return_exceptions=True,
             )
             errors = [(k, r) for (k, _), r in zip(pending, results, strict=True)

@@ -286,6 +286,10 @@ class ChannelWorker:
         )
 
 
+def _nothing(conn: sqlite3.Connection) -> None:
+    """A store change that changes nothing."""
+
+
 def _mapped_body(outputs: list[Payload]) -> bytes:
     if len(outputs) == 1:
         return outputs[0].body
@@ -297,11 +301,13 @@ class DestinationWorker:
 
     def __init__(
         self, dest: DestinationRuntime, *, db: Database, backend: QueueBackend, metrics: Metrics,
+        store: MessageStore,
     ) -> None:
         self.dest = dest
         self.backend = backend
         self.settler = Settler(db, backend)
         self.metrics = metrics
+        self.store = store
         self.pool: WorkerPool | None = None
 
     def start(self) -> None:
@@ -320,6 +326,8 @@ class DestinationWorker:
 
     async def process(self, delivery: Delivery) -> None:
         dest = self.dest
+        if delivery.redelivered and await self._already_sent(delivery):
+            return
         wait = delivery.not_before - time.time()
         if wait > 0:
             await asyncio.sleep(wait)
@@ -373,6 +381,23 @@ class DestinationWorker:
             self.metrics.dead_lettered.inc(**labels)
             log.warning("%s/%s: message %s dead-lettered after %d attempt(s) (%s)",
                         dest.channel, dest.name, mid, attempt, type(error).__name__)
+
+    async def _already_sent(self, delivery: Delivery) -> bool:
+        """Settle without sending a redelivery the destination already took.
+
+        With a broker the store's ``sent`` event and the queue's ack are two steps; a crash
+        between them, or an outbox republish of a row confirmed just before one, brings the
+        message back. The store says whether the destination took it; only a message in
+        flight at the crash (sent, not yet recorded) can still reach it twice.
+        """
+        dest, mid = self.dest, delivery.envelope.message_id
+        if not await self.store.was_sent(mid, dest.name):
+            return False
+        await self.settler.settle(delivery, Outcome.ack(), _nothing)
+        self.metrics.resends_skipped.inc(channel=dest.channel, destination=dest.name)
+        log.debug("%s/%s: message %s was already sent; redelivery settled without sending",
+                  dest.channel, dest.name, mid)
+        return True
 
     def _reply(
         self, env: Envelope, result: Result | None

@@ -177,7 +177,8 @@ class Engine:
             prefetch=ch.prefetch,
         )
         dest_workers = [
-            DestinationWorker(d, db=self.db, backend=self.backend, metrics=self.metrics)
+            DestinationWorker(d, db=self.db, backend=self.backend, metrics=self.metrics,
+                              store=self.store)
             for d in dests
         ]
         source = ch.source.build(ch.name)

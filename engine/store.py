@@ -179,6 +179,17 @@ class MessageStore:
         )
         return _stored(row) if row else None
 
+    async def was_sent(self, message_id: str, destination: str) -> bool:
+        """Whether ``destination`` already took this message (a ``sent`` event exists)."""
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT 1 FROM events WHERE message_id = ? AND destination = ? AND status = ?"
+                " LIMIT 1",
+                (message_id, destination, SENT),
+            ).fetchone()
+        )
+        return row is not None
+
     async def events(self, message_id: str) -> list[Event]:
         rows = await self.db.read(
             lambda conn: conn.execute(

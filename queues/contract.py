@@ -46,6 +46,11 @@ class Delivery:
         first_failed_at: epoch seconds of the first failure, None before any.
         not_before: earliest epoch second to attempt (ordered consumers only; 0 = now).
         last_error: the reason of the previous failure, if any.
+        redelivered: an earlier delivery of this envelope may have been handled to the end
+            without its settlement reaching the queue (a broker redelivery after a consumer
+            died, or an outbox republish after a restart), so a destination checks the
+            store before sending it again. Backends that settle in the store's own
+            transaction leave it False: there the store and the queue cannot disagree.
     """
 
     queue: str
@@ -55,6 +60,7 @@ class Delivery:
     first_failed_at: float | None = None
     not_before: float = 0.0
     last_error: str = ""
+    redelivered: bool = False
     backend_state: object = field(default=None, repr=False)
 
 
@@ -105,9 +111,14 @@ class QueueBackend(Protocol):
         ...
 
     async def publish(
-        self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0
+        self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0,
+        republish: bool = False,
     ) -> None:
-        """Durably enqueue envelopes; raises QueueFull or QueueUnavailable."""
+        """Durably enqueue envelopes; raises QueueFull or QueueUnavailable.
+
+        ``republish`` says the envelopes may have been published before (the outbox after a
+        restart): their deliveries come ``redelivered`` where the backend can tell.
+        """
         ...
 
     def consumer(self, queue: str, *, prefetch: int = 100, ordered: bool = False) -> Consumer: ...

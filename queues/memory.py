@@ -58,8 +58,8 @@ class MemoryQueue:
     async def declare(self, queue: str, *, ordered: bool = False) -> None:
         self._items.setdefault(queue, {})
 
-    async def publish(self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0
-                      ) -> None:
+    async def publish(self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0,
+                      republish: bool = False) -> None:
         waiting = sum(1 for q in self._items.values() for i in q.values() if i.state != "dead")
         if waiting + len(envelopes) > self.max_depth:
             raise QueueFull(f"queue depth {waiting} reached the limit {self.max_depth}")

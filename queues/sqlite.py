@@ -197,7 +197,8 @@ class SqliteQueue:
     # -- QueueBackend ----------------------------------------------------------------------
 
     async def publish(
-        self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0
+        self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0,
+        republish: bool = False,  # the store and queue share a transaction: nothing repeats
     ) -> None:
         self.check_capacity(len(envelopes))
         await self.transaction(lambda s: s.publish(queue, envelopes, delay=delay))

@@ -286,13 +286,13 @@ class RabbitQueue:
         except _BROKER_ERRORS as exc:
             raise QueueUnavailable(f"publishing to RabbitMQ failed: {_describe(exc)}") from None
 
-    async def publish(self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0
-                      ) -> None:
+    async def publish(self, queue: str, envelopes: Sequence[Envelope], *, delay: float = 0.0,
+                      republish: bool = False) -> None:
         topo = self.topology(queue)
-        history = None
+        history = History(republished=True) if republish else None
         target = topo.work
         if delay > 0:
-            history = History(not_before=time.time() + delay)
+            history = History(not_before=time.time() + delay, republished=republish)
             target = topo.route_delay(delay) or topo.work
         await self.send([("", target, encode(e, history)) for e in envelopes])
 

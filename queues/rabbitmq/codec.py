@@ -28,6 +28,7 @@ FIRST_FAILED_AT = "x-hb-first-failed-ms"
 LAST_ERROR = "x-hb-last-error"
 NOT_BEFORE = "x-hb-not-before-ms"
 REDELIVERIES = "x-hb-redeliveries"
+REPUBLISHED = "x-hb-republished"
 DEAD_REASON = "x-hb-reason"
 DEAD_AT = "x-hb-dead-at-ms"
 DEAD_ID = "x-hb-dead-id"
@@ -53,6 +54,7 @@ class History:
     last_error: str = ""
     not_before: float = 0.0
     redeliveries: int = 0
+    republished: bool = False  # this copy may repeat one published (and handled) before
 
     def headers(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -66,6 +68,8 @@ class History:
             out[NOT_BEFORE] = to_ms(self.not_before)
         if self.redeliveries:
             out[REDELIVERIES] = self.redeliveries
+        if self.republished:
+            out[REPUBLISHED] = 1
         return out
 
 
@@ -126,6 +130,7 @@ def decode_parts(
         last_error=_text(headers.get(LAST_ERROR, "")),
         not_before=_seconds(headers.get(NOT_BEFORE)),
         redeliveries=_int(headers.get(REDELIVERIES)),
+        republished=bool(headers.get(REPUBLISHED)),
     )
     return envelope, history
 

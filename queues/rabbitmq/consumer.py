@@ -262,6 +262,8 @@ class RabbitConsumer:
             first_failed_at=history.first_failed_at,
             not_before=history.not_before,
             last_error=history.last_error,
+            redelivered=bool(frame.redelivered) or history.redeliveries > 0
+            or history.republished,
             backend_state=inbound,
         )
         topo = self.topology
@@ -326,6 +328,7 @@ class RabbitConsumer:
         again = History(
             failures=history.failures, first_failed_at=history.first_failed_at,
             last_error=history.last_error, not_before=history.not_before, redeliveries=count,
+            republished=history.republished,
         )
         # An ordered queue's head goes back to the head (priority 1), others to the tail.
         await self._resend(delivery, self.topology.work, again,

@@ -18,6 +18,7 @@ from engine.outcome import Action, decide
 from engine.retry import RetryPolicy
 from queues.contract import Envelope, QueueBackend
 from queues.memory import MemoryQueue
+from queues.rabbitmq.backend import RabbitQueue
 from queues.sqlite import SqliteQueue
 from tests.queues.queue_support import Broker, Taker, delete_topology
 
@@ -283,6 +284,34 @@ async def test_unsettled_deliveries_come_again_after_the_consumer_dies(
     assert taken < seen == {"M0", "M1", "M2"}
     await second.none_within(0.3)
     assert await backend.depth(Q) == 0
+    await second.close()
+
+
+async def test_a_delivery_that_may_repeat_a_handled_one_says_so(backend: QueueBackend) -> None:
+    """A broker flags redeliveries and republished envelopes, so a destination asks the
+    store before sending again; backends that settle in the store's own transaction flag
+    nothing (their store and queue cannot disagree)."""
+    flags = isinstance(backend, RabbitQueue)
+    await backend.declare(Q)
+    await backend.publish(Q, envelopes(2))
+    await backend.publish(Q, envelopes(1, tag="R"), republish=True)
+    first = Taker(backend.consumer(Q, prefetch=10))
+    taken = {}
+    for _ in range(3):
+        delivery = await first.next()
+        taken[delivery.envelope.message_id] = delivery
+    assert {m: d.redelivered for m, d in taken.items()} == {
+        "M0": False, "M1": False, "R0": flags}
+    await backend.ack(taken["M0"])
+    await first.close()  # dies without settling M1 and R0
+    second = Taker(backend.consumer(Q, prefetch=10))
+    again = {}
+    for _ in range(2):
+        delivery = await second.next()
+        again[delivery.envelope.message_id] = delivery.redelivered
+        await backend.ack(delivery)
+    assert again == {"M1": flags, "R0": flags}
+    await second.none_within(0.3)
     await second.close()
 
 

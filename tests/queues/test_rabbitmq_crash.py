@@ -119,8 +119,12 @@ async def test_kill_9_mid_stream_loses_no_acked_message(
         assert report.count("AA") == len(remaining)
         await wait_for(lambda: acked_before_crash <= set(receiver.received), timeout=60)
         await wait_for(lambda: set(ids) <= set(receiver.received), timeout=60)
-        # At-least-once: only what was in flight at the crash may arrive twice.
-        assert len(receiver.received) - len(set(receiver.received)) <= 40
+        # At-least-once: redeliveries and outbox republishes of what the store shows as
+        # sent are skipped, so only what was in flight at the crash may arrive twice: sent
+        # but not yet recorded (at most the destination's concurrency, 8), and an outbox
+        # copy racing its unsent original through two workers. Typically 0 or 1 here; up to
+        # 53 before the destination asked the store.
+        assert len(receiver.received) - len(set(receiver.received)) <= 24
     finally:
         await stop(proc, config)
 

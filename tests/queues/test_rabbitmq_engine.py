@@ -270,3 +270,37 @@ async def test_pending_outbox_rows_are_published_on_start_and_for_duplicates(
     await wait_for(lambda: outbox_rows(tmp_path) == 0)
     assert receiver.received.count("PENDING-1") == 1
     await client.close()
+
+
+@pytest.mark.usefixtures("cleanup")
+async def test_a_republished_message_the_destination_took_is_not_sent_again(
+    tmp_path: Path, engines: list[Engine], broker: Broker, prefix: str, receiver: HisReceiver,
+) -> None:
+    """An outbox row whose publish was confirmed just before a crash is published again on
+    restart; the destination asks the store and does not send what it already took, while a
+    republished message it never took is sent once."""
+    engine = await start(tmp_path, engines, broker, prefix, receiver, ordered=False)
+    assert engine.outbox is not None
+    client = await MllpClient.connect(engine.source_port("his"))
+    assert (await client.send(message("TOOK-1"))).get("MSA", 1) == "AA"
+    await wait_for(lambda: receiver.received == ["TOOK-1"])
+    await wait_for(lambda: outbox_rows(tmp_path) == 0)
+    [took] = await engine.store.search(control_id="TOOK-1")
+    db_path = tmp_path / "hisbridge.db"
+    with sqlite3.connect(db_path) as conn:
+        # The row as a crash between the broker's confirm and the row's deletion leaves it.
+        conn.execute("INSERT INTO outbox (message_id, queue, created_at) VALUES (?, ?, ?)",
+                     (took.id, "dest:his/cdr", time.time()))
+        store_pending(conn, message("NEVER-1").encode(), "NEVER-1")
+        conn.execute("UPDATE outbox SET queue = 'dest:his/cdr' WHERE message_id != ?",
+                     (took.id,))
+        conn.commit()
+    assert await engine.outbox.sweep(grace=0) == (2, 0)
+    await wait_for(lambda: "NEVER-1" in receiver.received, timeout=10)
+    await wait_for(lambda: engine.metrics.resends_skipped.total() == 1, timeout=10)
+    await asyncio.sleep(0.3)
+    assert sorted(receiver.received) == ["NEVER-1", "TOOK-1"]
+    assert [e.status for e in await engine.store.events(took.id)] == ["received", "sent"]
+    [never] = await engine.store.search(control_id="NEVER-1")
+    assert [e.status for e in await engine.store.events(never.id)][-1] == "sent"
+    await client.close()
