@@ -215,9 +215,15 @@ class AlipayClient:
         if text is None:
             error = crypto.extract_signed_response(raw, "error_response")
             if error is not None:
+                # The gateway's own answer, often unsigned: a request it turned away before
+                # any business processing (40001-40006), except "unknown, ask again".
                 data = _object(error, method, doubt)
+                gw_code = str(data.get("code") or "")
+                gw_sub = str(data.get("sub_code") or "")
+                if gw_code == "20000" or gw_sub in _ASK_AGAIN:
+                    raise doubt(f"{method}: {gw_sub or gw_code}, outcome unknown")
                 raise GatewayRejected(str(data.get("sub_msg") or data.get("msg")),
-                                      code=str(data.get("sub_code") or data.get("code")))
+                                      code=gw_sub or gw_code)
             raise doubt(f"{method}: answer has no {node}")
         if not crypto.verify_response(keys.alipay_key, text, _sign(raw)):
             log.warning("Alipay answer not verified: method=%s", method)

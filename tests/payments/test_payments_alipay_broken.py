@@ -155,6 +155,11 @@ REFUNDED = '"4.00"'
     (Reply(b"busy", status=502, content_type="text/plain"), r"HTTP 502 from Alipay"),
     (Reply(b'{"error_response": {"code": "40002", "sub_code": NaN}}'),
      r"answer is not JSON orjson can read"),
+    # The gateway's unsigned "unknown, ask again": the refund may still be made.
+    (Reply(b'{"error_response": {"code": "20000", "msg": "Service Currently Unavailable",'
+           b' "sub_code": "aop.unknow-error"}}'), r"aop\.unknow-error, outcome unknown"),
+    (Reply(b'{"error_response": {"code": "40004", "sub_code": "ACQ.SYSTEM_ERROR"}}'),
+     r"ACQ\.SYSTEM_ERROR, outcome unknown"),
 ])
 async def test_a_broken_refund_answer_is_in_doubt(
         gateway: Gateway, case: Node | Reply | bytes, match: str) -> None:
@@ -170,7 +175,7 @@ async def test_a_refund_answered_with_a_smaller_total_is_refused(gateway: Gatewa
         await client.refund(REFUND)
 
 
-async def test_an_unsigned_gateway_error_is_a_refusal(gateway: Gateway) -> None:
+async def test_an_unsigned_gateway_error_turning_the_call_away_is_a_refusal(gateway: Gateway) -> None:
     client = answering(gateway, Reply(b'{"error_response": {"code": "40002", "msg": "Invalid '
                                       b'Arguments", "sub_code": "isv.invalid-app-id"}}'))
     with pytest.raises(GatewayRejected, match=r"^isv\.invalid-app-id: "):
