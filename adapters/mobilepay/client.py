@@ -56,11 +56,16 @@ REFUND_STATUS = {"SUCC": RefundState.SUCCESS, "PROC": RefundState.PROCESSING,
 
 
 def fen_of(value: Any, what: str) -> int:
-    """An amount field (yuan text, or a number parsed as Decimal) in fen."""
+    """An amount field (yuan text, or a number parsed as Decimal or int) in fen."""
     try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = Decimal(value)  # a whole number of yuan written without decimals
         if not isinstance(value, str | Decimal):
             raise AmountError(what)
-        return yuan_to_fen(value)
+        fen = yuan_to_fen(value)
+        if fen < 0:
+            raise AmountError(what)
+        return fen
     except AmountError:
         raise PermanentError(f"mobile payment answer has no valid {what}") from None
 

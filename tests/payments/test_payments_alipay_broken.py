@@ -175,7 +175,8 @@ async def test_a_refund_answered_with_a_smaller_total_is_refused(gateway: Gatewa
         await client.refund(REFUND)
 
 
-async def test_an_unsigned_gateway_error_turning_the_call_away_is_a_refusal(gateway: Gateway) -> None:
+async def test_an_unsigned_gateway_error_turning_the_call_away_is_a_refusal(
+        gateway: Gateway) -> None:
     client = answering(gateway, Reply(b'{"error_response": {"code": "40002", "msg": "Invalid '
                                       b'Arguments", "sub_code": "isv.invalid-app-id"}}'))
     with pytest.raises(GatewayRejected, match=r"^isv\.invalid-app-id: "):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ import orjson
 import pytest
 
 from adapters.mobilepay import crypto
-from adapters.mobilepay.client import MobilePayClient
+from adapters.mobilepay.client import MobilePayClient, fen_of
 from adapters.payments.errors import GatewayRejected, RefundExceedsPaid
 from adapters.payments.model import Order, OrderState, RefundState, Submit
+from engine.errors import PermanentError
 from engine.settings import Secret
 from tests.payments.gateway_rig import MOBILEPAY_AUTH as AUTH
 from tests.payments.gateway_rig import Harness, MobilePayRig, mobilepay_rig
@@ -159,3 +161,16 @@ async def test_logs_hold_no_keys_or_patient_numbers(mp: MobilePayRig, eventually
 def _dummy_order() -> Order:
     return Order("mobilepay", "MP-NONE", 1, "", "mobile", OrderState.CREATED, Submit.PENDING,
                  "", 0, 0, 0.0, "", {})
+
+
+@pytest.mark.parametrize(("value", "fen"), [
+    ("12.34", 1234), (Decimal("12.34"), 1234), (12, 1200), ("0.01", 1), (0, 0),
+])
+def test_answer_amounts_read_as_fen(value: object, fen: int) -> None:
+    assert fen_of(value, "feeSumamt") == fen
+
+
+@pytest.mark.parametrize("value", [12.34, True, None, "12.345", "十二", [12], "-1.00"])
+def test_answer_amounts_that_are_not_yuan_are_refused(value: object) -> None:
+    with pytest.raises(PermanentError, match="mobile payment answer has no valid feeSumamt"):
+        fen_of(value, "feeSumamt")
