@@ -63,11 +63,11 @@ def fen_of(value: Any, what: str) -> int:
         if not isinstance(value, str | Decimal):
             raise AmountError(what)
         fen = yuan_to_fen(value)
-        if fen < 0:
-            raise AmountError(what)
-        return fen
     except AmountError:
         raise PermanentError(f"mobile payment answer has no valid {what}") from None
+    if fen < 0:
+        raise PermanentError(f"mobile payment answer's {what} is negative")
+    return fen
 
 
 class MobilePayClient:
