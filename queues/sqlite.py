@@ -390,7 +390,7 @@ class SqliteConsumer:
             missed_before = self._missed
             backlog = self._backlog
             try:
-                rows, fresh, cursor, next_due = await db.read(
+                rows, caught_up, cursor, next_due = await db.read(
                     functools.partial(self._fetch, credits=credits, now=now, inflight=inflight,
                                       backlog=backlog)
                 )
@@ -401,7 +401,7 @@ class SqliteConsumer:
                     self._inflight.add(row[0])
                     self._out.put_nowait(_delivery(self.queue, row))
             self._cursor = max(self._cursor, cursor)
-            if backlog and fresh < credits and self._missed == missed_before:
+            if backlog and caught_up and self._missed == missed_before:
                 self._backlog = False  # caught up: new rows arrive by offer from now on
             if next_due is None and not self.ordered:
                 self._maybe_delayed = False
@@ -417,8 +417,9 @@ class SqliteConsumer:
     def _fetch(
         self, conn: sqlite3.Connection, credits: int, now: float, inflight: frozenset[int],
         backlog: bool,
-    ) -> tuple[list[Any], int, int, float | None]:
-        """Rows to hand out, how many were fresh, the new cursor, and the next due time."""
+    ) -> tuple[list[Any], bool, int, float | None]:
+        """Rows to hand out, whether every ready row has been read, the new cursor, and the
+        next due time."""
         if self.ordered:
             if inflight:
                 return [], 0, 0, None
@@ -427,7 +428,7 @@ class SqliteConsumer:
                 " AND state IN ('ready', 'delayed') ORDER BY id LIMIT 1",
                 (self.queue,),
             ).fetchone()
-            return ([row] if row else []), 0, 0, None
+            return ([row] if row else []), False, 0, None
         rows: list[Any] = []
         next_due = None
         if self._maybe_delayed:
@@ -446,18 +447,21 @@ class SqliteConsumer:
             if next_due is None and due_rows:
                 next_due = now + self.POLL_CEILING  # due rows remain: keep the scan on
         cursor = self._cursor
-        fresh = 0
+        caught_up = False
         if backlog and len(rows) < credits:
+            # Caught up only when this read came back short of what it asked for: due
+            # retries may have taken part of the credits, and then a full read proves nothing.
+            limit = credits - len(rows)
             ready = conn.execute(
                 f"SELECT {_COLUMNS} FROM queue_items WHERE queue = ? AND state = 'ready'"  # noqa: S608
                 " AND next_attempt_at = 0 AND id > ? ORDER BY id LIMIT ?",
-                (self.queue, cursor, credits - len(rows)),
+                (self.queue, cursor, limit),
             ).fetchall()
-            fresh = len(ready)
+            caught_up = len(ready) < limit
             if ready:
                 cursor = ready[-1][0]
             rows.extend(ready)
-        return rows, fresh, cursor, next_due
+        return rows, caught_up, cursor, next_due
 
 
 def _delivery(queue: str, row: Any) -> Delivery:

@@ -287,6 +287,28 @@ async def test_unsettled_deliveries_come_again_after_the_consumer_dies(
     await second.close()
 
 
+async def test_due_retries_do_not_hide_ready_envelopes(backend: QueueBackend) -> None:
+    """Retries due at once and new envelopes that arrived while the consumer was full are
+    all delivered: the retries taking part of the prefetch must not make the consumer think
+    it has read every ready envelope."""
+    await backend.declare(Q)
+    taker = Taker(backend.consumer(Q, prefetch=4))
+    await backend.publish(Q, envelopes(4))
+    first = [await taker.next() for _ in range(4)]
+    await backend.publish(Q, envelopes(6, tag="N"))  # arrives while the prefetch is full
+    for delivery in first[:3]:
+        await backend.retry(delivery, at=time.time(), reason="peer busy")
+    await backend.ack(first[3])
+    seen = set()
+    for _ in range(9):
+        delivery = await taker.next(within=5.0)
+        seen.add(delivery.envelope.message_id)
+        await backend.ack(delivery)
+    assert seen == {"M0", "M1", "M2", "N0", "N1", "N2", "N3", "N4", "N5"}
+    await taker.none_within(0.3)
+    await taker.close()
+
+
 async def test_a_delivery_that_may_repeat_a_handled_one_says_so(backend: QueueBackend) -> None:
     """A broker flags redeliveries and republished envelopes, so a destination asks the
     store before sending again; backends that settle in the store's own transaction flag
