@@ -422,7 +422,7 @@ class SqliteConsumer:
         next due time."""
         if self.ordered:
             if inflight:
-                return [], 0, 0, None
+                return [], False, 0, None
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM queue_items WHERE queue = ?"  # noqa: S608 - constant
                 " AND state IN ('ready', 'delayed') ORDER BY id LIMIT 1",
