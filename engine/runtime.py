@@ -115,6 +115,8 @@ class Engine:
         mappers = self._pool_mappers(load_mappers(self.config))
         await self.db.open()
         try:
+            if self.mapping_pool is not None:
+                await self.mapping_pool.start()
             await self.store.start()
             await self.backend.start()
             for ch in self.config.channels:
@@ -235,7 +237,7 @@ class Engine:
         await self.backend.close()
         await self.db.close()
         if self.mapping_pool is not None:
-            await asyncio.to_thread(self.mapping_pool.close)
+            await self.mapping_pool.close()
             self.mapping_pool = None
         self._started = False
         log.info("engine stopped")
