@@ -75,11 +75,12 @@ class _Worker:
         self.pending[key] = future
         proc.stdin.write(frame({"i": key, "m": name, "c": payload.content_type,
                                 "h": dict(payload.headers)}, payload.body))
-        transport = proc.stdin.transport
-        if transport.get_write_buffer_size() > HIGH_WATER:
-            await proc.stdin.drain()
         try:
+            if proc.stdin.transport.get_write_buffer_size() > HIGH_WATER:
+                await proc.stdin.drain()
             return await future
+        except ConnectionError:  # the pipe broke under the write: the worker is gone
+            raise TransientError(f"mapping worker {self.number} exited") from None
         finally:
             self.pending.pop(key, None)
 
