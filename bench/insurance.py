@@ -51,7 +51,15 @@ from adapters.nhsa.envelope import (
 )
 from adapters.nhsa.transactions import lookup
 from adapters.soap import _HOSTILE, SoapDestination, SoapDestinationConfig
-from bench.processes import Process, machine, percentile, wait_port
+from bench.processes import (
+    Process,
+    histogram,
+    histogram_quantile,
+    machine,
+    metric_value,
+    percentile,
+    wait_port,
+)
 from queues.contract import Envelope
 from tests.conftest import free_port
 
@@ -285,6 +293,91 @@ async def regional(sim_url: str, calls: int, concurrency: int) -> list[Row]:
     return rows
 
 
+ENGINE_CONFIG = """
+[store]
+path = "{workdir}/engine.db"
+synchronous = "FULL"
+[admin]
+listen = "127.0.0.1:{admin}"
+token = "${{BENCH_ADMIN_TOKEN}}"
+[logging]
+level = "WARNING"
+[[channels]]
+name = "lookup"
+source = {{ type = "http", listen = "127.0.0.1:{port}", path = "/lookup", content_type = "json" }}
+[[channels.destinations]]
+name = "nhsa"
+type = "nhsa"
+infno = "1101"
+url = "{sim_url}"
+fixmedins_code = "H44030500001"
+fixmedins_name = "深圳市示例人民医院"
+mdtrtarea_admvs = "440300"
+insuplc_admdvs = "440300"
+auth = {{ scheme = "x-tif", paasid = "bench", token = "${{BENCH_NHSA_TOKEN}}" }}
+concurrency = {concurrency}
+"""
+
+
+@dataclass
+class EngineRow:
+    messages: int
+    rps: float
+    ack: list[float]
+    e2e_p50: float
+    e2e_p99: float
+    cpu: float
+
+
+async def through_engine(sim_url: str, workdir: Path, messages: int, concurrency: int
+                         ) -> EngineRow:
+    """Person lookups (1101) posted to a ``hisbridge serve`` process's HTTP source: stored,
+    queued and sent to the simulator by the engine's NHSA destination."""
+    port, admin_port = free_port(), free_port()
+    admin_token = secrets.token_hex(16)
+    config = workdir / "engine.toml"
+    config.write_text(ENGINE_CONFIG.format(workdir=workdir, admin=admin_port, port=port,
+                                           sim_url=sim_url, concurrency=concurrency),
+                      encoding="utf-8")
+    engine = Process("engine", ["-m", "engine.cli", "serve", "--config", str(config)], workdir,
+                     env={"BENCH_ADMIN_TOKEN": admin_token})
+    admin = f"http://127.0.0.1:{admin_port}"
+    body = json.dumps({"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": CARD}}).encode()
+    try:
+        await wait_port(port, engine)
+        await wait_port(admin_port, engine)
+        acks: list[float] = []
+        counter = iter(range(messages))
+        async with aiohttp.ClientSession() as http:
+            async def poster() -> None:
+                for i in counter:
+                    started = time.perf_counter()
+                    async with http.post(f"http://127.0.0.1:{port}/lookup", data=body,
+                                         headers={"Content-Type": "application/json",
+                                                  "Idempotency-Key": f"bench-{i}"}) as r:
+                        await r.read()
+                        if r.status != 202:
+                            raise RuntimeError(f"HTTP {r.status} from the engine")
+                    acks.append(time.perf_counter() - started)
+
+            cpu0 = engine.cpu_seconds()
+            started = time.perf_counter()
+            await asyncio.gather(*(poster() for _ in range(concurrency)))
+            deadline = time.monotonic() + 120
+            while await metric_value(admin, admin_token,
+                                     "hisbridge_deliveries_sent_total") < messages:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"deliveries did not finish:\n{engine.tail()}")
+                await asyncio.sleep(0.02)
+            elapsed = time.perf_counter() - started
+            cpu = engine.cpu_seconds() - cpu0
+        e2e = await histogram(admin, admin_token, "hisbridge_end_to_end_seconds")
+        return EngineRow(messages, messages / elapsed, acks, histogram_quantile(e2e, .5),
+                         histogram_quantile(e2e, .99), cpu / messages)
+    finally:
+        engine.stop()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     token = secrets.token_hex(16)
     password = secrets.token_hex(8)
@@ -301,12 +394,15 @@ async def main_async(args: argparse.Namespace) -> None:
             url = f"http://127.0.0.1:{port}"
             rows = await national(url, args.calls, args.concurrency)
             rows += await regional(url, args.calls, args.concurrency)
+            engine_row = (await through_engine(url, Path(tmp), args.engine_messages,
+                                               args.concurrency)
+                          if args.engine_messages else None)
         finally:
             sim.stop()
     print(f"# insurance benchmark, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"# machine: {machine()}")
     print(f"# command: python -m bench.insurance --calls {args.calls} "
-          f"--concurrency {args.concurrency}")
+          f"--concurrency {args.concurrency} --engine-messages {args.engine_messages}")
     print("# times in ms; ovh = total - simulator time; bare = ovh of the same request as a"
           " pre-built aiohttp POST; cpu = this process's CPU per call (adapter + aiohttp"
           " client); own = the adapter's own work per call without I/O (codec, signature,"
@@ -323,12 +419,28 @@ async def main_async(args: argparse.Namespace) -> None:
               f" {ms(r.bare_overhead, .5):>8} | {ms(r.bare_overhead, .99):>8} |"
               f" {ms(r.cpu, .5):>7} | {ms(r.cpu, .99):>7} | {ms(r.own, .5):>7} |"
               f" {ms(r.own, .99):>7} |")
+    if engine_row is not None:
+        e = engine_row
+        print()
+        print(f"# through the engine: HTTP source → store (synchronous=FULL) → queue → NHSA"
+              f" destination (1101) → simulator, {args.concurrency} posts in flight; ACK ="
+              " the engine's 202 after its commit, e2e = receipt to the platform's answer"
+              " (ms); engine CPU per message (µs)")
+        print("| scenario                       | messages | msg/s | ACK p50 | ACK p99 |"
+              " e2e p50 | e2e p99 | engine CPU |")
+        print("|--------------------------------|----------|-------|---------|---------|"
+              "---------|---------|------------|")
+        print(f"| {'national 1101 via hisbridge':<30} | {e.messages:>8} | {e.rps:>5.0f} |"
+              f" {ms(e.ack, .5):>7} | {ms(e.ack, .99):>7} | {e.e2e_p50 * 1000:>7.1f} |"
+              f" {e.e2e_p99 * 1000:>7.1f} | {e.cpu * 1e6:>10.0f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.insurance")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--engine-messages", type=int, default=3000,
+                        help="person lookups through a hisbridge serve process (0: skip)")
     args = parser.parse_args(argv)
     asyncio.run(main_async(args))
     return 0
