@@ -231,12 +231,8 @@ def validation_error(exc: ValidationError, text: str, file: str) -> ConfigError:
         problems.append(
             ConfigError(message, file=file, line=locator.line_of(loc), path=format_path(loc))
         )
-    first = problems[0]
-    combined = ConfigError(
-        "\n".join(str(p) for p in problems), file=None, line=first.line, path=""
-    )
-    combined.file = first.file
-    combined.path = first.path
+    # Each problem carries its own file:line and path; the combined error is their lines.
+    combined = ConfigError("\n".join(str(p) for p in problems), line=problems[0].line)
     combined.problems = problems  # type: ignore[attr-defined]
     return combined
 

@@ -138,6 +138,7 @@ def test_check_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:12 channels[0].destinations[0].port:" in err
+    assert err.count(str(bad)) == 1  # the location once, not once more as a prefix
 
 
 def test_check_validates_every_mapping_file(tmp_path: Path,
