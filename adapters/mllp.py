@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from engine.contracts import Ingest, Result
 from engine.errors import PermanentError, RejectedInput, TransientError
@@ -294,8 +294,8 @@ class MllpDestinationConfig(DestinationSettings):
     """Sends HL7 v2 messages over MLLP and waits for each ACK.
 
     Attributes:
-        ack_codes: what each MSA-1 code means; defaults AA/CA success, AE/CE retry,
-            AR/CR dead-letter.
+        ack_codes: what each MSA-1 code means, over the defaults AA/CA success, AE/CE
+            retry, AR/CR dead-letter (``{AE = "dead_letter"}`` changes AE alone).
         connections: at most this many connections (each carries one message at a time).
     """
 
@@ -307,6 +307,13 @@ class MllpDestinationConfig(DestinationSettings):
     max_frame_bytes: int = Field(default=1_048_576, ge=1024)
     connections: int = Field(default=1, ge=1, le=64)
     ack_codes: dict[str, AckAction] = Field(default_factory=lambda: dict(DEFAULT_ACK_CODES))
+
+    @field_validator("ack_codes")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, AckAction]) -> dict[str, AckAction]:
+        # Merged, as HTTP outcomes are: a table naming only AE must not make AA unknown
+        # (and every accepted message retried until it is dead-lettered).
+        return {**DEFAULT_ACK_CODES, **value}
 
     def build(self, channel: str) -> MllpDestination:
         return MllpDestination(self)

@@ -166,6 +166,24 @@ async def test_peer_ae_is_retried_and_ar_is_dead_lettered(
     await client.close()
 
 
+async def test_ack_codes_in_config_change_only_the_codes_they_name(
+    tmp_path: Path, engines: list[Engine], receiver: HisReceiver
+) -> None:
+    text = config_for(tmp_path, receiver.port).replace(
+        "ack_timeout = 2.0", 'ack_timeout = 2.0\n        ack_codes = { AE = "dead_letter" }')
+    engine = Engine(engine_config(tmp_path, text))
+    await engine.start()
+    engines.append(engine)
+    client = await MllpClient.connect(engine.source_port("his"))
+    await client.send(message("CODE-AA"))  # AA is still success
+    await wait_for(lambda: engine.metrics.sent.total() == 1)
+    receiver.mode = "AE"
+    await client.send(message("CODE-AE"))  # AE now dead-letters at once
+    await wait_for(lambda: engine.metrics.dead_lettered.total() == 1)
+    assert engine.metrics.retried.total() == 0
+    await client.close()
+
+
 async def test_retries_exhausted_dead_letter_with_history(
     tmp_path: Path, engines: list[Engine], receiver: HisReceiver
 ) -> None:
