@@ -41,7 +41,7 @@ import functools
 import logging
 import re
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import aiohttp
 import orjson
@@ -378,16 +378,23 @@ class SoapDestination:
         limit = self.config.max_response_bytes
         if resp.content_length is not None:
             if resp.content_length > limit:
-                raise PermanentError(f"{operation}: answer larger than {limit} bytes")
+                self._too_large(operation, limit)
             return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_any():
             size += len(chunk)
             if size > limit:
-                raise PermanentError(f"{operation}: answer larger than {limit} bytes")
+                self._too_large(operation, limit)
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def _too_large(self, operation: str, limit: int) -> NoReturn:
+        """An answer not read: the call was processed or refused, and which is unknown."""
+        text = f"{operation}: answer larger than {limit} bytes"
+        if operation in self.config.in_doubt_operations:
+            raise InDoubtError(text + " (may have been processed: query before retrying)")
+        raise PermanentError(text)
 
     def _raise_for_status(self, operation: str, status: int, raw: bytes) -> None:
         snippet = raw[:200].decode("utf-8", "replace")

@@ -326,3 +326,39 @@ async def test_keyword_arguments_take_zeeps_path_with_the_same_answer(soap):
         {"operation": "GetPersonInfo"}, "json"))
     assert positional.response == named.response
     assert b"<code>0</code>" in positional.response
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_an_answer_too_large_to_read_is_permanent_or_in_doubt(soap, chunked):
+    """Not read, so not known: for an operation that moves money the call may have been
+    processed, and it must be queried, not repeated."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        body = b"<x>" + b" " * 4000 + b"</x>"
+        if not chunked:
+            return web.Response(body=body, content_type="text/xml")
+        response = web.StreamResponse()
+        response.content_type = "text/xml"
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for at in range(0, len(body), 500):
+            await response.write(body[at:at + 500])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/asmx", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        dest = await soap(address=f"http://127.0.0.1:{runner.addresses[0][1]}/asmx",
+                          max_response_bytes=1024, in_doubt_operations=["InpatientCalculate"])
+        with pytest.raises(PermanentError, match="GetPersonInfo: answer larger than 1024") as p:
+            await dest.send(call("GetPersonInfo", ["D44039900001", "", "op"]))
+        assert not isinstance(p.value, InDoubtError)
+        with pytest.raises(InDoubtError, match="InpatientCalculate: answer larger than 1024"
+                                               r" bytes \(may have been processed"):
+            await dest.send(call("InpatientCalculate", ["R1", "1", "op"]))
+    finally:
+        await runner.cleanup()
