@@ -140,13 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the engine until SIGINT/SIGTERM")
-    p.add_argument("--config", default="config.toml")
+    p.add_argument("--config", default="config.toml",
+                   help="the configuration file (default: config.toml)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("check", help="validate a config file (and its mappings), exit 2 if bad")
-    p.add_argument("config", nargs="?", default="config.toml")
+    p.add_argument("config", nargs="?", default="config.toml",
+                   help="the configuration file to check (default: config.toml)")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("demo", help="run simulators and the engine with HIS traffic")
-    p.add_argument("--config", default="config.toml")
+    p.add_argument("--config", default="config.toml",
+                   help="the configuration file (default: config.toml)")
     p.add_argument("--count", type=int, default=None, help="send this many messages, then stop")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--rate", type=float, default=50.0, help="messages per second")

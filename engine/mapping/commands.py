@@ -47,7 +47,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         description="Run the fixtures of every mapping under PATH (a mappings directory or "
         "one mapping file); exit 1 if any fails.",
     )
-    t.add_argument("path", nargs="?", default="mappings")
+    t.add_argument("path", nargs="?", default="mappings",
+                   help="a mappings directory or one mapping file (default: mappings)")
     t.add_argument("-v", "--verbose", action="store_true", help="list passing fixtures too")
     t.set_defaults(func=cmd_test)
 
