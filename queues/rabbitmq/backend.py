@@ -50,7 +50,7 @@ from queues.rabbitmq.codec import (
 )
 from queues.rabbitmq.config import RabbitQueueConfig
 from queues.rabbitmq.consumer import Inbound, RabbitConsumer
-from queues.rabbitmq.topology import QueueTopology
+from queues.rabbitmq.topology import Mismatch, QueueTopology, describe_mismatch, parse_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,12 @@ class RabbitQueue:
             max_length=self.config.max_length or None, tiers=tuple(self.config.delay_tiers),
             dead_letter_strategy=self.config.dead_letter_strategy,
         )
-        channel = await self._admin_channel()
+        # A channel of its own: a refused declaration closes it, and must not take the
+        # channel that ``depth`` and the other queues' declarations use down with it.
+        temporary = await self.temporary_channel()
         try:
             async with asyncio.timeout(self.config.publish_timeout):
+                channel = await temporary.get_underlay_channel()
                 await channel.exchange_declare(
                     topo.dead_exchange, exchange_type="direct", durable=True
                 )
@@ -200,15 +203,47 @@ class RabbitQueue:
                 await channel.queue_declare(topo.work, durable=True,
                                             arguments=topo.work_arguments())
         except ChannelPreconditionFailed as exc:
-            raise ConfigError(
-                f"RabbitMQ queue for {queue} exists with other settings ({exc}). Queue "
-                "arguments cannot change in place: drain the queue and delete it (it is "
-                "declared again at start), or restore the previous queue settings"
-            ) from None
+            raise ConfigError(await self._refusal(queue, topo, str(exc))) from None
         except (*_BROKER_ERRORS, TimeoutError) as exc:
             raise QueueUnavailable(f"cannot declare {queue}: {_describe(exc)}") from None
+        finally:
+            await deadletters.close_channel(temporary)
         self._topologies[queue] = topo
         self._depths.setdefault(queue, 0)
+
+    async def _refusal(self, queue: str, topo: QueueTopology, broker_text: str) -> str:
+        """The broker refused a declaration: say which object differs, and how.
+
+        The broker names only the first argument it compares, and it compares the
+        dead-letter exchange before the queue type: a queue declared by hand as classic
+        (no arguments) is reported as "no dead-letter exchange". The type is the difference
+        that matters there, so it is asked about on its own.
+        """
+        mismatch = parse_mismatch(broker_text)
+        if (mismatch is not None and mismatch.kind == "queue"
+                and mismatch.argument != "x-queue-type"):
+            wanted = topo.type_of(mismatch.name)
+            if wanted is not None:
+                mismatch = await self._type_mismatch(mismatch.name, wanted) or mismatch
+        return describe_mismatch(queue, mismatch, broker_text)
+
+    async def _type_mismatch(self, name: str, wanted: str) -> Mismatch | None:
+        with contextlib.suppress(QueueUnavailable):
+            channel = await self.temporary_channel()
+            try:
+                async with asyncio.timeout(self.config.publish_timeout):
+                    raw = await channel.get_underlay_channel()
+                    await raw.queue_declare(name, durable=True,
+                                            arguments={"x-queue-type": wanted})
+            except ChannelPreconditionFailed as exc:
+                found = parse_mismatch(str(exc))
+                if found is not None and found.argument == "x-queue-type":
+                    return found
+            except (*_BROKER_ERRORS, TimeoutError):
+                pass
+            finally:
+                await deadletters.close_channel(channel)
+        return None
 
     def topology(self, queue: str) -> QueueTopology:
         try:

@@ -38,7 +38,7 @@ async def list_dead(backend: RabbitQueue, topo: QueueTopology, *, limit: int) ->
                 break
             out.append(dead_letter(message, topo.logical))
     finally:
-        await _close(channel)
+        await close_channel(channel)
     return out
 
 
@@ -72,7 +72,7 @@ async def requeue(backend: RabbitQueue, topo: QueueTopology, ids: Sequence[str] 
                 break
         moved += await _move(backend, topo, batch)
     finally:
-        await _close(channel)
+        await close_channel(channel)
     return moved
 
 
@@ -95,6 +95,7 @@ async def _get(queue: AbstractQueue, backend: RabbitQueue) -> AbstractIncomingMe
         raise QueueUnavailable(f"reading dead letters failed: {exc}") from None
 
 
-async def _close(channel: AbstractRobustChannel) -> None:
+async def close_channel(channel: AbstractRobustChannel) -> None:
+    """Close a channel of its own; one the broker already closed is no error."""
     with contextlib.suppress(*_GONE, asyncio.CancelledError):
         await asyncio.wait_for(channel.close(), 5)

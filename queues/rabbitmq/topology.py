@@ -15,11 +15,13 @@ head of an ordered queue "stays put" in a broker that cannot reinsert at the hea
 no delay queues (an ordered retry waits in the consumer, see ``Delivery.not_before``).
 
 Queue arguments cannot change once a queue exists; the broker answers PRECONDITION_FAILED,
-which the backend turns into a message naming the queue and what to do.
+which the backend turns into a message naming the queue, the argument that differs, and
+what to do (``parse_mismatch``, ``describe_mismatch``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -119,6 +121,14 @@ class QueueTopology:
     def dead_arguments(self) -> dict[str, Any]:
         return {"x-queue-type": self.queue_type}
 
+    def type_of(self, name: str) -> QueueType | None:
+        """The queue type declared for ``name``, one of this topology's queues, else None."""
+        if name == self.work:
+            return self.effective_type
+        if name == self.dead or any(name == n for _, n in self.delay_queues):
+            return self.queue_type
+        return None
+
     def all_queues(self) -> list[str]:
         return [self.work, self.dead, *(name for _, name in self.delay_queues)]
 
@@ -139,3 +149,61 @@ class QueueTopology:
     def hold_limit(self) -> float:
         """Longest wait a consumer holds a message itself instead of re-delaying it."""
         return min(self.tiers) if self.tiers else float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """One argument of an existing queue or exchange that differs from what is declared."""
+
+    kind: str  # "queue" or "exchange"
+    name: str
+    argument: str
+    declared: str
+    existing: str
+
+
+# PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'p.q' in vhost '/':
+#     received 'quorum' but current is 'classic'
+# ... received the value 'p.dead' of type 'longstr' but current is none
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']*)' for (?P<kind>queue|exchange) '(?P<name>.*)' "
+    r"in vhost '.*': received (?P<declared>.*) but current is "
+    r"(?P<existing>none|the value '.*?' of type '[^']*'|'[^']*')"
+)
+_VALUE = re.compile(r"^the value '(?P<value>.*)' of type '[^']*'$")
+
+
+def parse_mismatch(broker_text: str) -> Mismatch | None:
+    """The broker's PRECONDITION_FAILED text as a ``Mismatch``, None if it says otherwise."""
+    found = _INEQUIVALENT.search(broker_text)
+    if found is None:
+        return None
+    return Mismatch(found["kind"], found["name"], found["arg"],
+                    _value(found["declared"]), _value(found["existing"]))
+
+
+def _value(text: str) -> str:
+    text = text.strip()
+    plain = _VALUE.match(text)
+    if plain is not None:
+        return f"'{plain['value']}'"
+    return text  # already quoted ('classic'), or none
+
+
+def describe_mismatch(logical: str, mismatch: Mismatch | None, broker_text: str) -> str:
+    """Why start-up stops: which object, which argument, both values, and what to do."""
+    if mismatch is None:
+        what = f"a RabbitMQ object behind {logical} exists with other settings ({broker_text})"
+    else:
+        what = (
+            f"RabbitMQ {mismatch.kind} '{mismatch.name}' (behind {logical}) exists with other "
+            f"settings: {mismatch.argument}: this configuration declares {mismatch.declared}, "
+            f"the {mismatch.kind} has {mismatch.existing}"
+        )
+    if mismatch is not None and mismatch.kind == "exchange":
+        return (f"{what}. An exchange cannot change in place: delete it (it is declared "
+                "again at start), or restore the previous settings")
+    return (
+        f"{what}. Queue arguments cannot change in place: drain the queue and delete it (it "
+        "is declared again at start), or restore the previous queue settings"
+    )
