@@ -9,7 +9,10 @@ that, three things may happen to a message here rather than in a worker:
 - it is a redelivery on a classic queue, which has no broker-side delivery limit: the count
   travels in a header, and past ``delivery_limit`` the message is dead-lettered;
 - it was buffered here when the connection dropped: the broker has already put it back, so
-  ``get`` skips it.
+  ``get`` skips it;
+- it was not published by hisbridge and cannot be read as an envelope (no id, an unknown
+  content type, malformed envelope headers; see ``codec.refusal``): it is dead-lettered
+  with the reason, so the consumer goes on and an operator finds it among the dead letters.
 
 The hot path talks to aiormq directly (aio-pika's message objects cost more than the rest of
 a delivery), so this consumer re-subscribes itself when aio-pika reopens its channel after a
@@ -33,7 +36,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from pamqp.commands import Basic
 
 from queues.contract import Delivery, QueueUnavailable
-from queues.rabbitmq.codec import History, decode_parts, encode
+from queues.rabbitmq.codec import History, decode_parts, encode, odd_history, refusal, refused
 from queues.rabbitmq.topology import QueueTopology
 
 if TYPE_CHECKING:
@@ -249,9 +252,20 @@ class RabbitConsumer:
         if not isinstance(frame, Basic.Deliver):
             return
         props = message.header.properties
+        tag = int(frame.delivery_tag or 0)
+        why = refusal(props.headers, props.message_id, props.content_type)
+        if why is not None:
+            # Counted as unsettled at once: a ``multiple`` ack must not pass over it.
+            refusing = Inbound(self, message.channel, tag, "")
+            self.inbound.add(refusing)
+            self._spawn(self._refuse(message, refusing, why))
+            return
         envelope, history = decode_parts(message.body, props.headers, props.message_id,
                                          props.content_type)
-        tag = int(frame.delivery_tag or 0)
+        odd = odd_history(props.headers)
+        if odd:
+            log.warning("%s: message %s: %s not as hisbridge writes them; read as unset",
+                        self.queue, envelope.message_id, ", ".join(odd))
         inbound = Inbound(self, message.channel, tag, envelope.message_id)
         self.inbound.add(inbound)
         delivery = Delivery(
@@ -302,6 +316,21 @@ class RabbitConsumer:
         except Exception as exc:
             log.warning("%s: could not move message %s to %s (%s); it stays unacked",
                         self.queue, delivery.envelope.message_id, target, exc)
+            return
+        await inbound.ack()
+
+    async def _refuse(self, message: aiormq.abc.DeliveredMessage, inbound: Inbound,
+                      reason: str) -> None:
+        """Dead-letter a message that is not an envelope (confirmed), then ack it."""
+        log.warning("%s: a message not published by hisbridge was dead-lettered: %s",
+                    self.queue, reason)
+        copy = refused(message.body, message.header.properties, reason)
+        topo = self.topology
+        try:
+            await self.backend.send([(topo.dead_exchange, topo.dead_routing_key, copy)])
+        except Exception as exc:
+            log.warning("%s: could not dead-letter a foreign message (%s); it stays unacked",
+                        self.queue, exc)
             return
         await inbound.ack()
 

@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from queues.contract import DeadLetter, QueueUnavailable
-from queues.rabbitmq.codec import dead_letter, dead_letter_id, decode, encode
+from queues.rabbitmq.codec import dead_letter, dead_letter_id, decode, encode, requeueable
 from queues.rabbitmq.topology import QueueTopology
 
 if TYPE_CHECKING:
@@ -46,7 +46,8 @@ async def requeue(backend: RabbitQueue, topo: QueueTopology, ids: Sequence[str] 
     """Move dead letters (all, or those whose id is in ``ids``) back to the work queue.
 
     A requeued message starts afresh: no failures, no first-failure time (as the embedded
-    queue does). Returns how many were moved.
+    queue does). One that is not an envelope (``codec.requeueable``) stays where it is: the
+    consumer would only refuse it again. Returns how many were moved.
     """
     wanted = None if ids is None else set(ids)
     if wanted is not None and not wanted:
@@ -61,7 +62,7 @@ async def requeue(backend: RabbitQueue, topo: QueueTopology, ids: Sequence[str] 
             if message is None:
                 break
             key = dead_letter_id(message)
-            if wanted is None or key in wanted:
+            if (wanted is None or key in wanted) and requeueable(message):
                 batch.append(message)
                 if wanted is not None:
                     wanted.discard(key)
