@@ -142,11 +142,14 @@ def _decimal(value: Any) -> Decimal | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, Decimal | int):
-        return Decimal(value)
-    try:
-        return Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        return None
+        d = Decimal(value)
+    else:
+        try:
+            d = Decimal(str(value).strip())
+        except (InvalidOperation, ValueError):
+            return None
+    # NaN is not a number to compare (and a signalling comparison would raise).
+    return d if d.is_finite() else None
 
 
 def _equal(left: Any, right: Any, numeric: bool) -> bool:

@@ -261,6 +261,9 @@ def _required(arg: Any, env: CompileEnv) -> ListFn:
 _ROUNDING = {"half_up": ROUND_HALF_UP, "half_even": ROUND_HALF_EVEN, "down": ROUND_DOWN}
 
 
+MAX_EXPONENT = 100
+
+
 def to_decimal(v: Any) -> Decimal:
     if isinstance(v, bool):
         raise Problem("expected a number, got true/false")
@@ -275,6 +278,11 @@ def to_decimal(v: Any) -> Decimal:
             raise Problem("not a decimal number") from None
     if not d.is_finite():
         raise Problem("not a finite number")
+    exponent = d.as_tuple().exponent
+    if d.adjusted() > MAX_EXPONENT or (isinstance(exponent, int) and exponent < -MAX_EXPONENT):
+        # 1e999999999 is a few bytes in, a gigabyte of digits when written out.
+        raise Problem(f"number out of range (more than {MAX_EXPONENT} digits before or "
+                      "after the point)")
     return d
 
 
@@ -299,7 +307,15 @@ def _decimal(arg: Any, env: CompileEnv) -> ListFn:
     if scale is None:
         return _each(to_decimal)
     q = Decimal(1).scaleb(-scale)
-    return _each(lambda v: to_decimal(v).quantize(q, rounding=rounding))
+
+    def conv(v: Any) -> Decimal:
+        try:
+            return to_decimal(v).quantize(q, rounding=rounding)
+        except InvalidOperation:
+            # More digits than the decimal context holds (28): no exact value to write.
+            raise Problem(f"number too large to write with {scale} decimal places") from None
+
+    return _each(conv)
 
 
 def _integer(arg: Any, env: CompileEnv) -> ListFn:
@@ -333,7 +349,10 @@ def _fen_to_yuan(arg: Any, env: CompileEnv) -> ListFn:
         fen = to_decimal(v)
         if fen != fen.to_integral_value():
             raise Problem("an amount in fen must be a whole number")
-        return (fen / 100).quantize(Decimal("0.01"))
+        try:
+            return (fen / 100).quantize(Decimal("0.01"))
+        except InvalidOperation:
+            raise Problem("amount too large to write in yuan") from None
 
     return _each(conv)
 
@@ -354,13 +373,17 @@ def _converter(source: str, target: str, tz: timezone, offset: bool) -> Callable
 
     def conv(v: Any) -> str:
         stamp = parse(_scalar(v))
-        if target == "hl7":
-            return datetimes.format_hl7(stamp, tz, offset=offset)
-        if target == "iso":
-            return datetimes.format_iso(stamp, tz)
-        if target == "date":
-            return datetimes.format_date(stamp, tz)
-        return datetimes.format_pattern(stamp, target, tz)
+        try:
+            if target == "hl7":
+                return datetimes.format_hl7(stamp, tz, offset=offset)
+            if target == "iso":
+                return datetimes.format_iso(stamp, tz)
+            if target == "date":
+                return datetimes.format_date(stamp, tz)
+            return datetimes.format_pattern(stamp, target, tz)
+        except OverflowError:
+            # 9999-12-31T23:00-12:00 is a valid input whose local time is past year 9999.
+            raise Problem("date/time out of range in the mapping's time zone") from None
 
     return conv
 
