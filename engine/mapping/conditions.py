@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
+from engine.mapping.patterns import checked_text, compile_pattern
 from engine.mapping.values import as_text, flatten
 
 
@@ -245,7 +246,7 @@ class _Matches:
 
     def test(self, scope: Any, run: Any) -> bool:
         return any(
-            self.pattern.search(as_text(v)) is not None
+            self.pattern.search(checked_text(as_text(v))) is not None
             for v in flatten(self.left.values(scope, run))
         )
 
@@ -416,10 +417,7 @@ class _Parser:
             pat = self.take()
             if pat.kind != "string":
                 raise ValueError("matches needs a quoted regular expression")
-            try:
-                return _Matches(left, re.compile(pat.text))
-            except re.error as exc:
-                raise ValueError(f"bad regular expression {pat.text!r}: {exc}") from None
+            return _Matches(left, compile_pattern(pat.text))
         raise ValueError(f"unexpected {tok.text!r} at column {tok.pos + 1}")
 
 

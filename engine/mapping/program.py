@@ -317,7 +317,10 @@ class CompiledMapping:
     def _plan(self, root: Any, run: Run) -> list[Item]:
         plan: list[Item] = []
         for out in self.outputs:
-            scopes = out.each.nodes(root, run) if out.each is not None else [root]
+            try:
+                scopes = out.each.nodes(root, run) if out.each is not None else [root]
+            except Problem as exc:
+                raise self._fail(f"{out.label} each", str(exc)) from None
             if out.when is not None:
                 scopes = [s for s in scopes if self._test(out.when, s, run, f"{out.label} when")]
             items = []

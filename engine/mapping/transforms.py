@@ -13,7 +13,6 @@ file, the rule and the path.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timezone
@@ -23,6 +22,7 @@ from urllib.parse import quote
 
 from engine.mapping import datetimes
 from engine.mapping.lookups import LookupTable, inline_table
+from engine.mapping.patterns import checked_text, compile_pattern
 from engine.mapping.values import CONTAINERS, Problem, as_text, flatten, is_empty
 
 ListFn = Callable[[list[Any]], list[Any]]
@@ -143,17 +143,14 @@ def _regex(arg: Any, env: CompileEnv) -> ListFn:
         pattern, group = arg["pattern"], arg.get("group")
     else:
         raise ValueError('regex needs a pattern or { pattern = "...", group = N }')
-    try:
-        rx = re.compile(pattern)
-    except (re.error, TypeError) as exc:
-        raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
+    rx = compile_pattern(pattern)
     if group is None:
         group = 1 if rx.groups else 0
     if not isinstance(group, int | str) or (isinstance(group, int) and group > rx.groups):
         raise ValueError(f"the pattern has no group {group!r}")
 
     def extract(v: Any) -> Any:
-        m = rx.search(_scalar(v))
+        m = rx.search(checked_text(_scalar(v)))
         return m.group(group) if m else None
 
     return _each(extract)
@@ -163,13 +160,10 @@ def _replace(arg: Any, env: CompileEnv) -> ListFn:
     if not isinstance(arg, dict):
         raise ValueError('replace needs { pattern = "...", with = "..." }')
     _keys("replace", arg, {"pattern", "with"}, {"pattern", "with"})
-    try:
-        rx = re.compile(arg["pattern"])
-    except (re.error, TypeError) as exc:
-        raise ValueError(f"bad regular expression {arg['pattern']!r}: {exc}") from None
+    rx = compile_pattern(arg["pattern"])
     repl = str(arg["with"])
     # The replacement is literal text: no group references, nothing to interpret.
-    return _each(lambda v: rx.sub(lambda _m: repl, _scalar(v)))
+    return _each(lambda v: rx.sub(lambda _m: repl, checked_text(_scalar(v))))
 
 
 # -- lists -----------------------------------------------------------------------------------
