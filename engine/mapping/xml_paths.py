@@ -43,6 +43,10 @@ def parse_xml(body: bytes) -> etree._Element:
         raise ValueError(f"malformed XML: {exc.msg}") from None
     if root is None:
         raise ValueError("empty XML document")
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None or docinfo.system_url:
+        # The byte check above misses a DOCTYPE spelled in UTF-16 or UTF-32.
+        raise ValueError("XML with a DOCTYPE or entity declarations is refused")
     return root
 
 
