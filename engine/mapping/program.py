@@ -264,7 +264,9 @@ class CompiledMapping:
         when = now or datetime.now(self.tz)
         digest = hashlib.blake2b(
             self.name.encode() + b"\x00" + payload.body
-            + b"".join(f"\x00{k}={v}".encode() for k, v in sorted(payload.headers.items())),
+            # surrogatepass: a header is not checked yet, and its id must not fail on it.
+            + b"".join(f"\x00{k}={v}".encode("utf-8", "surrogatepass")
+                       for k, v in sorted(payload.headers.items())),
             digest_size=16,
         ).digest()
         run = Run(self, payload.headers, when.astimezone(self.tz), digest)
@@ -367,7 +369,14 @@ class CompiledMapping:
         if self.target == "xml":
             return builder.serialize()  # type: ignore[no-any-return]
         doc = (prune(builder.document) or {}) if builder.padded else builder.document
-        return dumps(doc) if self.decimals == "number" else dumps_strings(doc)
+        return self._dumps(doc, strings=self.decimals != "number")
+
+    def _dumps(self, doc: Any, *, strings: bool = False) -> bytes:
+        try:
+            return dumps_strings(doc) if strings else dumps(doc)
+        except orjson.JSONEncodeError:
+            # A lone surrogate (from a header, say) has no UTF-8 form.
+            raise self._fail("output", "a value is not valid Unicode text") from None
 
     def _rule(self, rule: Rule, scope: Any, base: _Base | None, builder: Any, run: Run) -> None:
         try:
@@ -459,7 +468,7 @@ class CompiledMapping:
         if self.bundle == "none":
             return [
                 Payload(
-                    dumps(res), "fhir+json",
+                    self._dumps(res), "fhir+json",
                     {**base, "fhir-resource-type": res["resourceType"], "fhir-method": method,
                      "fhir-url": url},
                 )
@@ -467,7 +476,7 @@ class CompiledMapping:
             ]
         if not entries:
             return []
-        body = dumps(fhir.bundle(self.bundle, entries))
+        body = self._dumps(fhir.bundle(self.bundle, entries))
         return [Payload(body, "fhir+json", {**base, "fhir-resource-type": "Bundle"})]
 
 
