@@ -263,10 +263,12 @@ def _valid_encoding_chars(chars: str, field_sep: str) -> bool:
 # -- escaping ---------------------------------------------------------------------------------
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_CONTROL = re.compile(r"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def escape(value: str, seps: Hl7Message | None = None) -> str:
-    """Escape a value for an HL7 field: delimiters become escape sequences, line breaks ``\\.br\\``.
+    """Escape a value for an HL7 field: delimiters become escape sequences, line breaks ``\\.br\\``
+    and other control characters ``\\Xhh\\``.
 
     After escaping, no value can open a new field, component or segment.
     """
@@ -280,7 +282,12 @@ def escape(value: str, seps: Hl7Message | None = None) -> str:
     if s != "\x00":
         out = out.replace(s, f"{e}T{e}")
     br = f"{e}.br{e}"
-    return _LINE_BREAK.sub(lambda _: br, out)
+    out = _LINE_BREAK.sub(lambda _: br, out)
+    if e >= " " and _CONTROL.search(out):
+        # Raw control characters could end an MLLP frame early (0x1C then CR) or confuse
+        # a peer's parser; \Xhh\ carries them as data.
+        out = _CONTROL.sub(lambda m: f"{e}X{ord(m.group(0)):02X}{e}", out)
+    return out
 
 
 _ESCAPE_SEQ = re.compile(r"\\(F|S|T|R|E|\.br|X[0-9A-Fa-f]*|H|N)\\")

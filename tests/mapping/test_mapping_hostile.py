@@ -90,6 +90,8 @@ def _check_output(m: CompiledMapping, out: Payload) -> None:
     elif m.target == "hl7v2":
         msg = parse(out.body, default_encoding=m.encoding)  # valid segment names, MSH-9/10
         assert msg.segments[0].startswith("MSH|^~\\&|")
+        # A raw control character (0x1C then CR ends an MLLP frame) must arrive escaped.
+        assert not re.search(r"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]", msg.text), "control char"
     else:
         parse_xml(out.body)
 
