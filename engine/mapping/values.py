@@ -51,9 +51,16 @@ def flatten(values: list[Any]) -> list[Any]:
 def from_json(value: Any) -> Any:
     """A JSON scalar as a mapping value: floats become exact decimals (orjson parses floats)."""
     if isinstance(value, float):
+        if not -_EXACT < value < _EXACT:
+            # orjson reads an integer of more than 64 bits, and any number this large, as a
+            # double: its digits past the 16th are already lost (an id sent as a number).
+            raise Problem("number too large to have been read exactly (send it as a string)")
         # repr gives the shortest text that round-trips, i.e. the digits that were sent.
         return Decimal(repr(value))
     return value
+
+
+_EXACT = float(2**53)
 
 
 class Problem(Exception):

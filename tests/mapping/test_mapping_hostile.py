@@ -542,3 +542,17 @@ def test_oru_reference_range_patterns_on_crafted_ranges() -> None:
                                           payload.headers))
         for c in crafted
     ))
+
+
+def test_a_number_too_large_for_a_double_is_an_error_not_a_changed_value() -> None:
+    """orjson reads integers past 64 bits as doubles: the digits would change unseen."""
+    m = _LOADED["payment_event_to_paymentnotice"]
+    fx = next(fx for mm, fx in JSON if mm is m and fx.name == "wechatpay_payment")
+    payload = _payload(m, fx)
+    doc = json.loads(payload.body)
+    as_number = json.dumps({**doc, "gateway_trade_no": int(doc["gateway_trade_no"])}).encode()
+    with pytest.raises(MappingError, match="too large to have been read exactly"):
+        m.apply(Payload(as_number, payload.content_type, payload.headers))
+    exact = json.dumps({**doc, "amount": 25.9}).encode()
+    [out] = m.apply(Payload(exact, payload.content_type, payload.headers))
+    assert json.loads(out.body)["amount"]["value"] in (25.9, 25.90)
