@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 import pytest
 
+from engine.cli import main
 from engine.contracts import Payload
 from engine.errors import ConfigError, MappingError, RejectedInput
 from engine.hl7 import parse
@@ -556,3 +557,24 @@ def test_a_number_too_large_for_a_double_is_an_error_not_a_changed_value() -> No
     exact = json.dumps({**doc, "amount": 25.9}).encode()
     [out] = m.apply(Payload(exact, payload.content_type, payload.headers))
     assert json.loads(out.body)["amount"]["value"] in (25.9, 25.90)
+
+
+_MSH = b"MSH|^~\\&|H|F|R|F|20260101||DFT^P03|1|P|2.5"
+
+
+@pytest.mark.parametrize(("name", "data"), [
+    ("dft_to_nhsa_2204", _MSH + b"\rFT1|1|||||CG|X|||1e999999999\r"),
+    ("dft_to_nhsa_2204", _MSH + b"||||||GBK\rPID|1||\xff\r"),
+    ("patient_to_adt_a08", b"[" * 10_000),
+    ("patient_to_adt_a08", b'{"resourceType": "Patient", "name": 7}'),
+])
+def test_hisbridge_map_reports_hostile_input_as_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, data: bytes,
+) -> None:
+    """``hisbridge map``, as an integrator runs it on a bad file: exit 1 with the error."""
+    source = tmp_path / ("in.hl7" if data.startswith(b"MSH") else "in.json")
+    source.write_bytes(data)
+    code = main(["map", name, str(source), "--mappings", str(ROOT / "mappings")])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.startswith("error: ") and f"{name}.toml: " in err, err
