@@ -297,7 +297,9 @@ def unescape(value: str, seps: Hl7Message | None = None) -> str:
     """Undo HL7 escape sequences.
 
     Handles \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\.br\\ and \\Xhh\\; highlighting
-    (\\H\\, \\N\\) is dropped.
+    (\\H\\, \\N\\) is dropped. The bytes of \\Xhh...\\ are read in the message's own
+    character set (MSH-18), so a sender escaping a multi-byte character gets it back; bytes
+    that are not valid there are read one character per byte (latin-1).
     """
     e = seps.escape_char if seps else "\\"
     if e not in value:
@@ -307,14 +309,19 @@ def unescape(value: str, seps: Hl7Message | None = None) -> str:
         if seps else ("|", "^", "~", "&")
     )
     table = {"F": f, "S": c, "T": s, "R": r, "E": e, ".br": "\r", "H": "", "N": ""}
+    charset = seps.encoding if seps is not None else "latin-1"
 
     def sub(m: re.Match[str]) -> str:
         code = m.group(1)
         if code.startswith("X"):
             try:
-                return bytes.fromhex(code[1:]).decode("latin-1")
+                data = bytes.fromhex(code[1:])
             except ValueError:
                 return m.group(0)
+            try:
+                return data.decode(charset)
+            except (UnicodeDecodeError, LookupError):
+                return data.decode("latin-1")
         return table[code]
 
     pattern = _ESCAPE_SEQ if e == "\\" else re.compile(

@@ -110,3 +110,17 @@ def test_every_corpus_file_parses_or_is_rejected_specifically() -> None:
         assert reasons[1] in ("AR", "AE")
     assert accepted > 250  # the valid messages of other parsers' test suites route
     assert rejected > 20  # and the broken ones are refused
+
+
+@pytest.mark.parametrize(("charset", "encoding"), [
+    ("UNICODE UTF-8", "utf-8"), ("GB 18030-2000", "gb18030"), ("", "utf-8")])
+def test_hex_escapes_are_read_in_the_message_character_set(charset: str, encoding: str) -> None:
+    name = "张三"
+    hex_name = name.encode(encoding).hex().upper()
+    raw = (f"MSH|^~\\&|HIS|H|CDR|H|20260315091000||ADT^A04|X1|P|2.5|||||CHN|{charset}\r"
+           f"PID|||M1||\\X{hex_name}\\||").encode(encoding)
+    msg = parse(raw)
+    assert msg.unescape(msg.get("PID", 5)) == "张三"
+    assert msg.unescape("a\\X0D\\b") == "a\rb"
+    # Bytes that are not text in that character set come back one per character.
+    assert msg.unescape("\\XFF\\") == "ÿ"
