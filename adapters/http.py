@@ -414,6 +414,31 @@ _MEDIA = {
 DEFAULT_MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
 
+class AnswerTooLarge(Exception):
+    """Raised by ``read_capped``: the peer's answer is longer than the caller allows."""
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """An answer's whole body, read no further than ``limit`` bytes.
+
+    Every outbound client reads through here, so no peer can fill the engine's memory: a
+    declared length over the limit is not read at all, a streamed body stops at it
+    (``AnswerTooLarge``). A body cut short raises ``aiohttp.ClientPayloadError``; reading
+    chunk by chunk until the end is what makes it whole (``content.read(n)`` would return
+    only what has arrived so far).
+    """
+    if resp.content_length is not None and resp.content_length > limit:
+        raise AnswerTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise AnswerTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class HttpDestinationConfig(DestinationSettings):
     """Posts each envelope to a URL.
 
@@ -508,25 +533,15 @@ class HttpSender:
             headers.update(extra_headers)
         try:
             async with self.session.request(method, url, data=body, headers=headers) as resp:
-                payload = await self._read(resp)
+                try:
+                    payload: bytes | None = await read_capped(resp, self.max_answer_bytes)
+                except AnswerTooLarge:
+                    payload = None
                 return resp.status, payload, dict(resp.headers)
         except TimeoutError:
             raise TransientError(f"{method} {url}: timed out") from None
         except aiohttp.ClientError as exc:
             raise TransientError(f"{method} {url}: {exc.__class__.__name__} {exc}"[:300]) from None
-
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes | None:
-        limit = self.max_answer_bytes
-        if resp.content_length is not None and resp.content_length > limit:
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def classify(
         self, status: int, body: bytes | None, headers: dict[str, str], what: str

@@ -53,6 +53,7 @@ from pydantic import Field
 from zeep.settings import Settings
 from zeep.transports import Transport
 
+from adapters.http import AnswerTooLarge, read_capped
 from adapters.soap_plain import PlainOperation, plain_operations
 from engine.contracts import Result
 from engine.errors import ConfigError, InDoubtError, PermanentError, TransientError
@@ -357,7 +358,10 @@ class SoapDestination:
         try:
             async with self._http.post(self._address, data=body, headers=headers,
                                        timeout=timeout) as resp:
-                raw = await self._read(operation, resp)
+                try:
+                    raw = await read_capped(resp, self.config.max_response_bytes)
+                except AnswerTooLarge:
+                    self._too_large(operation, self.config.max_response_bytes)
                 peer = resp.headers.get(self.config.peer_time_header or "", "")
                 self.last_peer_time = int(peer) / 1e6 if peer.isdigit() else None
                 return resp.status, raw, dict(resp.headers)
@@ -373,21 +377,6 @@ class SoapDestination:
             text = f"{operation}: connection failed: {type(exc).__name__}: {exc}"
             raise (InDoubtError(text + " (may have been processed: query before retrying)")
                    if in_doubt else TransientError(text)) from None
-
-    async def _read(self, operation: str, resp: aiohttp.ClientResponse) -> bytes:
-        limit = self.config.max_response_bytes
-        if resp.content_length is not None:
-            if resp.content_length > limit:
-                self._too_large(operation, limit)
-            return await resp.read()
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                self._too_large(operation, limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def _too_large(self, operation: str, limit: int) -> NoReturn:
         """An answer not read: the call was processed or refused, and which is unknown."""

@@ -44,6 +44,7 @@ from adapters.einvoice.models import (
     WireModel,
     WriteOffRequest,
 )
+from adapters.http import AnswerTooLarge, read_capped
 from engine.errors import HisbridgeError, InDoubtError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class EinvoiceClient:
             ) as resp:
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
-                raw = await _read_limited(resp, settings.max_response_bytes)
+                raw = await read_capped(resp, settings.max_response_bytes)
         except aiohttp.ConnectionTimeoutError:
             raise TransientError(
                 f"{operation}: could not connect within {settings.connect_timeout:g}s"
@@ -140,7 +141,7 @@ class EinvoiceClient:
             raise TransientError(f"{operation}: cannot connect: {exc.strerror or exc}") from None
         except TimeoutError:
             raise doubt(f"{operation}: no answer within {settings.timeout:g}s{hint}") from None
-        except _TooLarge:
+        except AnswerTooLarge:
             raise doubt(
                 f"{operation}: answer larger than {settings.max_response_bytes} bytes{hint}"
             ) from None
@@ -321,21 +322,6 @@ class EinvoiceClient:
 class _KeyLock:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _retry_after(value: str | None) -> float | None:

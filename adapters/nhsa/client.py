@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
+from adapters.http import AnswerTooLarge, read_capped
 from adapters.nhsa.auth import GatewayAuth, NoAuth
 from adapters.nhsa.classify import Classifier
 from adapters.nhsa.envelope import (
@@ -235,7 +236,11 @@ class NhsaClient:
             async with self._http.post(
                 self.url, data=body, headers=headers, timeout=client_timeout
             ) as resp:
-                raw = await self._read(resp, infno)
+                try:
+                    raw = await read_capped(resp, self.max_answer_bytes)
+                except AnswerTooLarge:
+                    raise MalformedAnswer(
+                        f"{infno} answer larger than {self.max_answer_bytes} bytes") from None
                 status = resp.status
                 peer = resp.headers.get(self.peer_time_header) if self.peer_time_header else None
         except aiohttp.ConnectionTimeoutError:
@@ -252,23 +257,6 @@ class NhsaClient:
         if status != 200:
             self._raise_for_status(infno, msgid, status, raw)
         return msgid, decode_answer(raw, infno), peer_time
-
-    async def _read(self, resp: aiohttp.ClientResponse, infno: str) -> bytes:
-        length = resp.content_length
-        if length is not None:
-            if length > self.max_answer_bytes:
-                raise MalformedAnswer(
-                    f"{infno} answer larger than {self.max_answer_bytes} bytes"
-                )
-            return await resp.read()
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_any():
-            size += len(chunk)
-            if size > self.max_answer_bytes:
-                raise MalformedAnswer(f"{infno} answer larger than {self.max_answer_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     @staticmethod
     def _raise_for_status(infno: str, msgid: str, status: int, raw: bytes) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 from multidict import CIMultiDict
 
+from adapters.http import AnswerTooLarge, read_capped
 from engine.errors import InDoubtError, TransientError
 
 
@@ -55,35 +56,15 @@ async def call(
             method, url, data=data, headers=dict(headers or {}), timeout=client_timeout,
             allow_redirects=False,
         ) as response:
-            body = await _read(response, max_body)
+            body = await read_capped(response, max_body)
             return HttpAnswer(response.status, CIMultiDict(response.headers), body)
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         raise TransientError(f"{what}: cannot connect ({type(exc).__name__})") from None
-    except (TimeoutError, aiohttp.ClientError, _TooLarge) as exc:
+    except (TimeoutError, aiohttp.ClientError, AnswerTooLarge) as exc:
         reason = f"{what}: no answer ({type(exc).__name__})"
-        if isinstance(exc, _TooLarge):
+        if isinstance(exc, AnswerTooLarge):
             reason = f"{what}: answer larger than {max_body} bytes"
         if money:
             raise InDoubtError(reason + "; outcome unknown, query before any retry") from None
         raise TransientError(reason) from None
 
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or ``_TooLarge``; a body cut short raises ``ClientPayloadError``.
-
-    ``content.read(n)`` would return only what has arrived so far, not the whole body.
-    """
-    if response.content_length is not None and response.content_length > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
