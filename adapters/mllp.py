@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 from engine.contracts import Ingest, Result
 from engine.errors import PermanentError, RejectedInput, TransientError
 from engine.hl7 import Hl7Message, build_ack, parse
+from engine.logsetup import log_failure
 from engine.message import Message
 from engine.settings import DestinationSettings, HostPort, Model, split_host_port
 from queues.contract import Envelope
@@ -107,9 +108,8 @@ class MllpSource:
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass  # peer went away, or the source is stopping: close quietly
         except Exception as exc:
-            log.error("mllp source %s: connection from %s failed (%s)", self.channel, peer,
-                      type(exc).__name__)
-            log.debug("connection failure detail", exc_info=exc)
+            log_failure(log, exc, "mllp source %s: connection from %s failed", self.channel,
+                        peer)
         finally:
             self._connections.discard(task)
             self._busy.discard(task)
@@ -160,11 +160,8 @@ class MllpSource:
         except TransientError as exc:
             return _encode(build_ack(msg, "AE", text=str(exc), error_code="206"), msg)
         except Exception as exc:
-            # The error may quote the message it choked on: its class here, its text and
-            # traceback at DEBUG.
-            log.error("mllp source %s: ingest failed for %s (%s)", self.channel,
-                      msg.control_id, type(exc).__name__)
-            log.debug("ingest failure detail", exc_info=exc)
+            log_failure(log, exc, "mllp source %s: ingest failed for %s", self.channel,
+                        msg.control_id)
             text = f"internal error: {type(exc).__name__}"
             return _encode(build_ack(msg, "AE", text=text, error_code="207"), msg)
         return _encode(build_ack(msg, "AA"), msg)

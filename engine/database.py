@@ -30,7 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.logsetup import log_failure
+
 T = TypeVar("T")
+
 log = logging.getLogger(__name__)
 
 WriteOp = Callable[[sqlite3.Connection], Any]
@@ -252,8 +255,8 @@ def _resolve_all(results: list[_Result]) -> None:
         if exc is None and on_commit is not None:
             try:
                 on_commit(value)
-            except Exception:
-                log.exception("on_commit callback failed")
+            except Exception as err:
+                log_failure(log, err, "on_commit callback failed")
         if fut.done():  # the caller was cancelled; the write still happened
             continue
         if exc is None:

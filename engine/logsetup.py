@@ -13,6 +13,19 @@ import time
 import orjson
 
 
+def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args: object
+                ) -> None:
+    """An unexpected error: its class at ERROR, its text and traceback only at DEBUG.
+
+    An exception's text can quote the message or the field values it choked on (a parser's
+    complaint, a peer's error page, a database value), so above DEBUG a line names ids and
+    the error's class, never what it said.
+    """
+    text = message % args if args else message
+    logger.error("%s (%s)", text, type(exc).__name__)
+    logger.debug("%s: detail", text, exc_info=exc)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import orjson
 
 from engine.database import Database, StoreUnavailable, apply_schema
+from engine.logsetup import log_failure
 from engine.message import Message
 from engine.store import RECEIVED, MessageStore
 from queues.contract import Envelope, QueueBackend, QueueFull, QueueUnavailable
@@ -368,8 +369,8 @@ class Outbox:
                     log.warning("outbox: cannot republish pending messages yet: %s", exc)
                 failing = True
                 continue
-            except Exception:
-                log.exception("outbox: sweep failed")
+            except Exception as exc:
+                log_failure(log, exc, "outbox: sweep failed")
                 continue
             if sent:
                 log.warning("outbox: published %d message(s) whose first publish failed", sent)

@@ -21,6 +21,7 @@ from engine.errors import MappingError, PermanentError, RejectedInput
 from engine.filters import Filter, Subject
 from engine.hl7 import parse
 from engine.ingest import ChannelIngest, Prepared
+from engine.logsetup import log_failure
 from engine.mapping_pool import map_payload
 from engine.message import Message, id_time
 from engine.metrics import Metrics
@@ -78,11 +79,12 @@ class WorkerPool:
                 await self.handler(delivery)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 # The handler settles its own deliveries; reaching here means settling failed
                 # (the database is unwritable). The delivery stays unsettled and is delivered
                 # again after a restart; pause so a broken store is not hammered.
-                log.exception("%s: could not settle a delivery", self.name)
+                log_failure(log, exc, "%s: could not settle message %s", self.name,
+                            delivery.envelope.message_id)
                 await asyncio.sleep(1.0)
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -273,10 +275,8 @@ class ChannelWorker:
             f"mapping failed unexpectedly: {describe(exc)}"
         )
         if not isinstance(exc, MappingError):
-            # The exception text may quote field values: full detail only at DEBUG.
-            log.error("channel %s: mapping crashed on message %s (%s)", self.channel,
-                      delivery.envelope.message_id, type(exc).__name__)
-            log.debug("mapping crash detail", exc_info=exc)
+            log_failure(log, exc, "channel %s: mapping crashed on message %s", self.channel,
+                        delivery.envelope.message_id)
         mid = delivery.envelope.message_id
         self.metrics.mapping_errors.inc(channel=self.channel)
         log.warning("channel %s: message %s dead-lettered: mapping error", self.channel, mid)

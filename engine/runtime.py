@@ -22,6 +22,7 @@ from engine.database import Database
 from engine.errors import ConfigError
 from engine.filters import Filter
 from engine.ingest import ChannelIngest, Fanout, channel_queue
+from engine.logsetup import log_failure
 from engine.mapping_pool import MappingPool, pooled
 from engine.message import Message
 from engine.metrics import Gauge, Metrics
@@ -217,8 +218,8 @@ class Engine:
         for rt in self.channels.values():
             try:
                 await rt.source.stop()
-            except Exception:
-                log.exception("channel %s: source did not stop cleanly", rt.config.name)
+            except Exception as exc:
+                log_failure(log, exc, "channel %s: source did not stop cleanly", rt.config.name)
         for rt in self.channels.values():
             await rt.worker.stop(grace)
         await asyncio.gather(
@@ -228,8 +229,9 @@ class Engine:
             for d in rt.destinations:
                 try:
                     await d.adapter.close()
-                except Exception:
-                    log.exception("destination %s/%s did not close cleanly", d.channel, d.name)
+                except Exception as exc:
+                    log_failure(log, exc, "destination %s/%s did not close cleanly",
+                                d.channel, d.name)
         self.channels.clear()
         if self.outbox is not None:
             await self.outbox.close()

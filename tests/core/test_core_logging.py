@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import shutil
+import sqlite3
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -263,6 +264,59 @@ async def test_unexpected_ingest_failure_logs_its_class_not_its_text(
     assert ack.get("MSA", 1) == "AE"
     assert any(r.exc_info for r in caplog.records if r.levelno == logging.DEBUG)
     assert_no_patient_data(caplog.records, secrets_of([p]))
+
+
+async def test_failures_while_settling_or_stopping_log_their_class_not_their_text(
+    tmp_path: Path, engines: list[Engine], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A delivery whose settling fails, and a destination that fails to close: the errors
+    quote a patient, the lines at ERROR name ids and the error's class."""
+    caplog.set_level(logging.DEBUG)
+    p = PatientFactory(seed=37).patient()
+    quoted = f"{p.family}{p.given} ({p.id_card}, {p.phone})"
+    receiver = HisReceiver()
+    await receiver.start()
+    engine = Engine(engine_config(tmp_path, f"""
+        [[channels]]
+        name = "his"
+        source = {{ type = "mllp", listen = "127.0.0.1:0" }}
+        [[channels.destinations]]
+        name = "cdr"
+        type = "mllp"
+        host = "127.0.0.1"
+        port = {receiver.port}
+    """))
+    await engine.start()
+    engines.append(engine)
+    try:
+        worker = engine.channels["his"].dest_workers[0]
+
+        async def settle_fails(*args: Any, **kwargs: Any) -> None:
+            raise sqlite3.OperationalError(f"disk I/O error writing {quoted}")
+
+        worker.settler.settle = settle_fails  # type: ignore[method-assign]
+        client = await MllpClient.connect(engine.source_port("his"))
+        await client.send(adt("A04", p, PatientFactory(seed=37).visit("O"), cid="LOG-S"))
+        await client.close()
+        await wait_for(lambda: any("could not settle" in r.getMessage()
+                                   for r in caplog.records))
+
+        adapter = engine.channels["his"].destinations[0].adapter
+        real_close = adapter.close
+
+        async def close_fails() -> None:
+            await real_close()  # its connections closed, then the complaint
+            raise RuntimeError(f"socket to {quoted} would not close")
+
+        adapter.close = close_fails  # type: ignore[method-assign]
+        await engine.stop(grace=1.0)
+    finally:
+        await receiver.stop()
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("could not settle message" in m and "(OperationalError)" in m for m in loud)
+    assert any("did not close cleanly (RuntimeError)" in m for m in loud)
+    assert any(r.exc_info for r in caplog.records if r.levelno == logging.DEBUG)
+    assert_no_patient_data(caplog.records, [quoted, p.id_card, p.phone])
 
 
 # -- the log formats --------------------------------------------------------------------------
