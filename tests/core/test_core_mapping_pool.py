@@ -18,26 +18,34 @@ from tests.mllp_client import MllpClient
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 
 
+async def pooled_engine(tmp_path: Path, engines: list[Engine], fhir: FhirServer, *,
+                        workers: int, retry: str) -> Engine:
+    """MLLP in, ADT → FHIR mapped by ``workers`` worker processes, the FHIR simulator out."""
+    config = engine_config(tmp_path, f"""
+        [[channels]]
+        name = "his"
+        source = {{ type = "mllp", listen = "127.0.0.1:0" }}
+        [[channels.destinations]]
+        name = "fhir"
+        type = "fhir"
+        base_url = "{fhir.url}"
+        mapping = "adt_to_fhir"
+        retry = {retry}
+    """)
+    engine = Engine(config.model_copy(update={"mapping_workers": workers}))
+    await engine.start()
+    engines.append(engine)
+    return engine
+
+
 async def test_pooled_mapping_delivers_and_dead_letters_like_in_process(
     tmp_path: Path, engines: list[Engine]
 ) -> None:
     fhir = FhirServer()
     await fhir.start()
     try:
-        config = engine_config(tmp_path, f"""
-            [[channels]]
-            name = "his"
-            source = {{ type = "mllp", listen = "127.0.0.1:0" }}
-            [[channels.destinations]]
-            name = "fhir"
-            type = "fhir"
-            base_url = "{fhir.url}"
-            mapping = "adt_to_fhir"
-            retry = {{ max_attempts = 2 }}
-        """)
-        engine = Engine(config.model_copy(update={"mapping_workers": 2}))
-        await engine.start()
-        engines.append(engine)
+        engine = await pooled_engine(tmp_path, engines, fhir, workers=2,
+                                     retry="{ max_attempts = 2 }")
         assert engine.mapping_pool is not None
         factory = PatientFactory(seed=5)
         patients = [factory.patient() for _ in range(6)]
@@ -71,20 +79,9 @@ async def test_a_worker_that_dies_is_started_again_and_nothing_is_lost(
     fhir = FhirServer()
     await fhir.start()
     try:
-        config = engine_config(tmp_path, f"""
-            [[channels]]
-            name = "his"
-            source = {{ type = "mllp", listen = "127.0.0.1:0" }}
-            [[channels.destinations]]
-            name = "fhir"
-            type = "fhir"
-            base_url = "{fhir.url}"
-            mapping = "adt_to_fhir"
-            retry = {{ max_attempts = 20, initial_delay = 0.05, max_delay = 0.2 }}
-        """)
-        engine = Engine(config.model_copy(update={"mapping_workers": 1}))
-        await engine.start()
-        engines.append(engine)
+        engine = await pooled_engine(
+            tmp_path, engines, fhir, workers=1,
+            retry="{ max_attempts = 20, initial_delay = 0.05, max_delay = 0.2 }")
         pool = engine.mapping_pool
         assert pool is not None
         first = pool.workers[0].proc
