@@ -217,13 +217,7 @@ class AlipayClient:
             if error is not None:
                 # The gateway's own answer, often unsigned: a request it turned away before
                 # any business processing (40001-40006), except "unknown, ask again".
-                data = _object(error, method, doubt)
-                gw_code = str(data.get("code") or "")
-                gw_sub = str(data.get("sub_code") or "")
-                if gw_code == "20000" or gw_sub in _ASK_AGAIN:
-                    raise doubt(f"{method}: {gw_sub or gw_code}, outcome unknown")
-                raise GatewayRejected(str(data.get("sub_msg") or data.get("msg")),
-                                      code=gw_sub or gw_code)
+                raise _not_accepted(method, _object(error, method, doubt), doubt)
             raise doubt(f"{method}: answer has no {node}")
         if not crypto.verify_response(keys.alipay_key, text, _sign(raw)):
             log.warning("Alipay answer not verified: method=%s", method)
@@ -237,11 +231,17 @@ class AlipayClient:
             raise doubt(f"{method}: answer has no code")
         if code in accept:
             return data
-        sub_code = str(data.get("sub_code") or "")
-        if code == "20000" or sub_code in _ASK_AGAIN:
-            raise doubt(f"{method}: {sub_code or code}, outcome unknown")
-        raise GatewayRejected(str(data.get("sub_msg") or data.get("msg") or "refused")[:200],
-                              code=sub_code or code)
+        raise _not_accepted(method, data, doubt)
+
+
+def _not_accepted(method: str, data: dict[str, Any], doubt: type[TransientError]) -> Exception:
+    """What an answer that is not a success means: "unknown, ask again" (20000, or a sub-code
+    saying so) is in doubt; anything else is a refusal with its sub-code."""
+    code, sub_code = str(data.get("code") or ""), str(data.get("sub_code") or "")
+    if code == "20000" or sub_code in _ASK_AGAIN:
+        return doubt(f"{method}: {sub_code or code}, outcome unknown")
+    return GatewayRejected(str(data.get("sub_msg") or data.get("msg") or "refused")[:200],
+                           code=sub_code or code)
 
 
 def _sign(raw: str) -> str:
