@@ -71,9 +71,7 @@ class MobilePayNotifyVerifier:
         no = str(data.get("medOrgOrd") or "")
         if not no:
             raise PermanentError("notification without medOrgOrd")
-        total = fen_of(data.get("feeSumamt"), "feeSumamt")
-        if total < 0:
-            raise PermanentError("feeSumamt is negative")
+        total = fen_of(data.get("feeSumamt"), "feeSumamt")  # refuses a negative one
         kind = data.get("notifyType")
         pay_ord_id = str(data.get("payOrdId") or "")
         if kind == "PAY":
