@@ -30,6 +30,7 @@ from pydantic import Field, field_validator
 from engine.contracts import Ingest, Result
 from engine.errors import ConfigError, PermanentError, RejectedInput, TransientError
 from engine.hl7 import Hl7Message, build_ack, parse
+from engine.hl7_batch import answer_batch, is_batch
 from engine.message import CONTENT_TYPES, Message
 from engine.settings import DestinationSettings, HostPort, Model, Secret, split_host_port
 from queues.contract import Envelope
@@ -61,6 +62,9 @@ class HttpSourceConfig(Model):
             ``@header:<name>`` and ``response_to`` channels receive them with the answer
             (a settle request carries ``mdtrt_cert_no`` and ``chrg_bchno`` to the 2207
             mapping this way). Absent headers are skipped; values are cut at 1,000 chars.
+        batch: an HL7 v2 body holding a batch (FHS/BHS, or several MSH): ``split`` stores
+            its messages, all or none, and answers the acknowledgement batch; ``reject``
+            answers 400.
     """
 
     type: Literal["http"]
@@ -71,6 +75,7 @@ class HttpSourceConfig(Model):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     default_encoding: str = "utf-8"
     pass_headers: list[str] = Field(default_factory=list)
+    batch: Literal["split", "reject"] = "split"
 
     @field_validator("pass_headers")
     @classmethod
@@ -211,6 +216,10 @@ class HttpSource:
         body = await _read_bounded(request, self.config.max_body_bytes)
         if body is None:
             return _too_large(f"body exceeds {self.config.max_body_bytes} bytes")
+        if content_type == "hl7v2" and is_batch(body):
+            # One idempotency key cannot name several messages: each has its MSH-10.
+            return await self._receive_batch(body, {
+                k: v for k, v in headers.items() if k != "Idempotency-Key"})
         try:
             hl7 = _validate(body, content_type, self.config.default_encoding, request.charset)
         except RejectedInput as exc:
@@ -239,6 +248,24 @@ class HttpSource:
         return web.json_response(
             {"message_id": result.message_id, "duplicate": result.duplicate}, status=status
         )
+
+    async def _receive_batch(self, body: bytes, headers: dict[str, str]) -> web.StreamResponse:
+        """An HL7 batch: 200 and the acknowledgement batch when all of it was stored, 400
+        when refused as it is, 503 when the engine cannot take it now."""
+        try:
+            if self.config.batch == "reject":
+                raise RejectedInput("HL7 batches (FHS/BHS, or several MSH) are not accepted "
+                                    "here: post one message per request", hl7_error="200")
+            assert self._ingest is not None
+            answer = await answer_batch(body, self._ingest, self.channel, headers=headers,
+                                        default_encoding=self.config.default_encoding)
+        except RejectedInput as exc:
+            ack = build_ack(None, exc.code, text=str(exc), error_code=exc.hl7_error)
+            return web.Response(status=400, body=ack.encode(), content_type=HL7_MEDIA)
+        status = {"AA": 200, "AR": 400}.get(answer.code, 503)
+        headers = {"Retry-After": "5"} if status == 503 else {}
+        return web.Response(status=status, body=answer.body, content_type=HL7_MEDIA,
+                            headers=headers)
 
     def _headers(self, request: web.Request) -> dict[str, str]:
         """The request headers the message keeps (``pass_headers`` and Idempotency-Key).

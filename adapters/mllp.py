@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 from engine.contracts import Ingest, Result
 from engine.errors import PermanentError, RejectedInput, TransientError
 from engine.hl7 import Hl7Message, build_ack, parse
+from engine.hl7_batch import answer_batch, is_batch
 from engine.logsetup import log_failure
 from engine.message import Message
 from engine.settings import DestinationSettings, HostPort, Model, split_host_port
@@ -42,6 +43,9 @@ class MllpSourceConfig(Model):
         idle_timeout: seconds a silent connection is kept open.
         max_connections: concurrent connections; more wait in the kernel's backlog.
         strict: validate each message with hl7apy (about 200 messages/s per core).
+        batch: what to do with a frame holding a batch (FHS/BHS, or several MSH): ``split``
+            stores its messages, all or none, and answers an acknowledgement batch
+            (``engine.hl7_batch``); ``reject`` answers AR.
     """
 
     type: Literal["mllp"]
@@ -51,6 +55,7 @@ class MllpSourceConfig(Model):
     idle_timeout: float = Field(default=600.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
     strict: bool = False
+    batch: Literal["split", "reject"] = "split"
 
     def build(self, channel: str) -> MllpSource:
         return MllpSource(self, channel)
@@ -142,9 +147,11 @@ class MllpSource:
             partial = frame.error.partial
             return _encode_ack(frame.error, partial if isinstance(partial, Hl7Message) else None)
         try:
+            if is_batch(frame.data):
+                return await self._answer_batch(frame.data)
             msg = parse(frame.data, default_encoding=self.config.default_encoding)
             if self.config.strict:
-                await asyncio.to_thread(strict_validate, msg)
+                await _strict(msg)
         except RejectedInput as exc:
             partial = exc.partial if isinstance(exc.partial, Hl7Message) else None
             # The reason may quote a piece of the input (a malformed segment name), so it
@@ -165,6 +172,26 @@ class MllpSource:
             text = f"internal error: {type(exc).__name__}"
             return _encode(build_ack(msg, "AE", text=text, error_code="207"), msg)
         return _encode(build_ack(msg, "AA"), msg)
+
+
+    async def _answer_batch(self, data: bytes) -> bytes:
+        """A batch frame: split and answered with an acknowledgement batch, or refused."""
+        if self.config.batch == "reject":
+            raise RejectedInput(
+                "batches (FHS/BHS, or several MSH in one frame) are not accepted on this "
+                "source: send one message per frame", hl7_error="200")
+        assert self._ingest is not None
+        answer = await answer_batch(
+            data, self._ingest, self.channel, default_encoding=self.config.default_encoding,
+            check=_strict if self.config.strict else None,
+        )
+        log.info("mllp source %s: batch of %d message(s) answered %s", self.channel,
+                 answer.count, answer.code)
+        return answer.body
+
+
+async def _strict(msg: Hl7Message) -> None:
+    await asyncio.to_thread(strict_validate, msg)
 
 
 def _safe(text: str) -> str:

@@ -6,12 +6,15 @@ mypy checks it where the engine builds it from config.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.message import Message
 from queues.contract import Envelope
+
+if TYPE_CHECKING:
+    from engine.hl7 import Hl7Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,12 +25,24 @@ class IngestResult:
     duplicate: bool
 
 
-Ingest = Callable[..., Awaitable[IngestResult]]
-"""``await ingest(message, hl7=parsed_or_None) -> IngestResult``.
+class Ingest(Protocol):
+    """How a source hands what it received to the engine.
 
-Returns only after the message is durably stored and enqueued; raises ``TransientError``
-when the engine cannot take it now (the source answers AE / 503), never returns early.
-"""
+    Both calls return only after the messages are durably stored and enqueued, and raise
+    ``TransientError`` when the engine cannot take them now (the source answers AE / 503);
+    they never return early.
+    """
+
+    async def __call__(
+        self, message: Message, *, hl7: Hl7Message | None = None
+    ) -> IngestResult: ...
+
+    async def many(
+        self, items: Sequence[tuple[Message, Hl7Message | None]]
+    ) -> list[IngestResult]:
+        """A batch, in order. On TransientError part of it may be stored already: sent
+        again, those messages are recognised duplicates."""
+        ...
 
 
 class Source(Protocol):

@@ -199,7 +199,7 @@ def parse(raw: bytes, *, default_encoding: str = "utf-8") -> Hl7Message:
         raise RejectedInput("empty message", hl7_error="100")
     if stripped[:3] in (b"FHS", b"BHS"):
         raise RejectedInput(
-            "batch messages (FHS/BHS) are not accepted here: send one message per frame",
+            "a batch (FHS/BHS) is not a single message: send one message per frame",
             hl7_error="200",
         )
     if stripped[:3] != b"MSH":
@@ -239,6 +239,12 @@ def parse(raw: bytes, *, default_encoding: str = "utf-8") -> Hl7Message:
         if not _SEGMENT_NAME.match(name):
             raise RejectedInput(
                 f"segment {n} has an invalid name {name[:10]!r}", hl7_error="100", partial=msg
+            )
+        if name == "MSH" and n > 1:
+            # A second message: taken as part of this one, it would never be acknowledged.
+            raise RejectedInput(
+                f"segment {n} begins another message: several messages are a batch",
+                hl7_error="100", partial=msg,
             )
     if not msg.get("MSH", 9):
         raise RejectedInput(

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.contracts import IngestResult
@@ -125,6 +126,30 @@ class ChannelIngest:
             raise TransientError(f"cannot accept the message now: {exc}", retry_after=5) from None
         self.metrics.ingest_latency.observe(time.perf_counter() - started, channel=self.channel)
         return self.counted(prepared, duplicate_of)
+
+    async def many(
+        self, items: Sequence[tuple[Message, Hl7Message | None]]
+    ) -> list[IngestResult]:
+        """Ingest a batch in order: with the embedded queue in one transaction (all or none),
+        with a broker one message after another (a failure part way leaves what was stored
+        to be recognised as duplicates when the batch is sent again)."""
+        started = time.perf_counter()
+        prepared = [self.prepare(message, hl7) for message, hl7 in items]
+        backend = self.backend
+        try:
+            if isinstance(backend, SqliteQueue):
+                backend.check_capacity(len(prepared))
+                duplicates = await backend.transaction(
+                    lambda s: [self.stage(p, s) for p in prepared])
+            else:
+                duplicates = [await self._store_and_enqueue(p) for p in prepared]
+        except (QueueFull, QueueUnavailable, StoreUnavailable) as exc:
+            self.metrics.refused.inc(len(prepared), channel=self.channel)
+            log.warning("channel %s refused a batch of %d messages: %s", self.channel,
+                        len(prepared), exc)
+            raise TransientError(f"cannot accept the batch now: {exc}", retry_after=5) from None
+        self.metrics.ingest_latency.observe(time.perf_counter() - started, channel=self.channel)
+        return [self.counted(p, dup) for p, dup in zip(prepared, duplicates, strict=True)]
 
     def prepare(self, message: Message, hl7: Hl7Message | None = None) -> Prepared:
         """Everything ingest decides before the transaction (runs on the event loop)."""

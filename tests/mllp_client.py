@@ -7,6 +7,7 @@ import contextlib
 
 from adapters.mllp import END, START, FrameReader
 from engine.hl7 import Hl7Message, parse
+from engine.hl7_batch import is_batch, split_batch
 
 
 class MllpClient:
@@ -33,7 +34,21 @@ class MllpClient:
         await self.send_raw(START + raw + END)
         return await self.read_ack(timeout)
 
+    async def exchange(self, data: bytes, timeout: float = 10.0) -> bytes:
+        """Send one frame and return the answering frame's bytes (an ACK or an ACK batch)."""
+        await self.send_raw(START + data + END)
+        frame = await asyncio.wait_for(self.frames.next(), timeout)
+        assert frame is not None, "connection closed without an answer"
+        return frame.data
+
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
+
+
+def acks_of(answer: bytes) -> list[Hl7Message]:
+    """The ACKs in an answer: the one ACK, or each ACK of an acknowledgement batch."""
+    if not is_batch(answer):
+        return [parse(answer)]
+    return [parse(m) for m in split_batch(answer).messages]

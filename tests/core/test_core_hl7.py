@@ -50,7 +50,7 @@ def test_gbk_bytes_without_declaration_are_refused_with_reason() -> None:
         (b"", "empty message"),
         (b"hello world", "must start with an MSH segment"),
         (b"PID|1||123", "must start with an MSH segment"),
-        (b"BHS|^~\\&|X\rMSH|^~\\&|A", "batch messages"),
+        (b"BHS|^~\\&|X\rMSH|^~\\&|A", "a batch"),
         (b"MSH|", "too short"),
         (b"MSHA^~\\&|A|B|C|D|E||ADT^A01|1|P|2.5", "field separator"),
         (b"MSH|^^\\&|A|B|C|D|E||ADT^A01|1|P|2.5", "encoding characters"),

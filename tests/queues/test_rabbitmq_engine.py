@@ -24,7 +24,7 @@ from simulators.his import HisReceiver
 from simulators.hl7_messages import adt
 from simulators.patients import PatientFactory
 from tests.conftest import engine_config, wait_for
-from tests.mllp_client import MllpClient
+from tests.mllp_client import MllpClient, acks_of
 from tests.queues.queue_support import Broker, TcpProxy, delete_topology
 
 pytestmark = pytest.mark.rabbitmq
@@ -141,6 +141,24 @@ async def test_duplicates_are_acknowledged_and_processed_once(
     await asyncio.sleep(0.3)
     assert receiver.received == ["RMQ-DUP"]
     assert engine.metrics.duplicates.total() == 2
+    await client.close()
+
+
+@pytest.mark.usefixtures("cleanup")
+async def test_a_batch_is_stored_in_order_and_its_resend_is_recognised(
+    tmp_path: Path, engines: list[Engine], broker: Broker, prefix: str, receiver: HisReceiver,
+) -> None:
+    engine = await start(tmp_path, engines, broker, prefix, receiver)
+    client = await MllpClient.connect(engine.source_port("his"))
+    frame = b"BHS|^~\\&|HIS|H1\r" + b"".join(
+        message(f"RB-{i}").encode() for i in range(4)) + b"BTS|4\r"
+    for _ in range(2):  # the second time, every message is a recognised duplicate
+        acks = acks_of(await client.exchange(frame))
+        assert [(a.get("MSA", 1), a.get("MSA", 2)) for a in acks] == [
+            ("AA", f"RB-{i}") for i in range(4)]
+    await wait_for(lambda: receiver.received == [f"RB-{i}" for i in range(4)])
+    assert engine.metrics.duplicates.total() == 4
+    await wait_for(lambda: outbox_rows(tmp_path) == 0)
     await client.close()
 
 
