@@ -60,18 +60,27 @@ class Row:
     ack_p99: float
     e2e_p99: float
     engine_cpu: float = float("nan")
+    worker_cpu: float = float("nan")
+    peer_cpu: float = float("nan")
+    sender_cpu: float = float("nan")
 
     def cells(self) -> list[str]:
         def ms(v: float) -> str:
             return "-" if v != v else f"{v * 1000:.1f}"
 
-        cpu = "-" if self.engine_cpu != self.engine_cpu else f"{self.engine_cpu * 1e6:.0f}"
+        def us(v: float) -> str:
+            return "-" if v != v else f"{v * 1e6:.0f}"
+
         return [self.scenario, str(self.messages), f"{self.throughput:,.0f}", ms(self.ack_p50),
-                ms(self.ack_p99), ms(self.e2e_p99), cpu]
+                ms(self.ack_p99), ms(self.e2e_p99), us(self.engine_cpu), us(self.worker_cpu),
+                us(self.peer_cpu), us(self.sender_cpu)]
 
 
+# CPU columns are microseconds per message: the engine process, its mapping workers, the
+# peer simulator and the load generator. Their sum against the cores says how close a run
+# is to what the machine can do.
 HEADERS = ["scenario", "messages", "msg/s", "ACK p50 ms", "ACK p99 ms", "e2e p99 ms",
-           "engine CPU µs/msg"]
+           "engine CPU", "workers CPU", "peer CPU", "sender CPU"]
 
 
 def table(rows: list[Row]) -> str:
@@ -117,11 +126,13 @@ async def run_bare(n: int, connections: int, workdir: Path) -> Row:
     try:
         await wait_port(port, proc)
         msgs = messages(n, adt_only=False)
+        cpu0, sender0 = proc.cpu_seconds(), time.process_time()
         report = await HisSender("127.0.0.1", port, connections=connections).send(msgs)
         elapsed = report.finished - report.started
         return Row("bare MLLP (no store)", n, n / elapsed, percentile(report.latencies, .5),
                    percentile(report.latencies, .99), float("nan"),
-                   proc.cpu_seconds() / n)
+                   (proc.cpu_seconds() - cpu0) / n,
+                   sender_cpu=(time.process_time() - sender0) / n)
     finally:
         proc.stop()
 
@@ -182,6 +193,8 @@ async def run_engine(
         await wait_port(admin_port, engine)
         msgs = messages(n, adt_only=destination == "fhir")
         cpu0 = engine.cpu_seconds()
+        workers0 = engine.cpu_seconds(children=True) - cpu0
+        peer0, sender0 = peer.cpu_seconds(), time.process_time()
         started = time.time()
         report = await HisSender("127.0.0.1", port, connections=connections).send(msgs,
                                                                                   rate=rate)
@@ -193,6 +206,8 @@ async def run_engine(
             await asyncio.sleep(0.05)
         finished = time.time()
         cpu = engine.cpu_seconds() - cpu0
+        workers = engine.cpu_seconds(children=True) - cpu - cpu0 - workers0
+        peer_cpu, sender_cpu = peer.cpu_seconds() - peer0, time.process_time() - sender0
         if destination == "fhir":
             async with aiohttp.ClientSession() as s, s.get(
                     f"http://127.0.0.1:{peer_port}/_control/arrivals") as r:
@@ -207,7 +222,9 @@ async def run_engine(
                   f"({report.errors[:3]})", file=sys.stderr)
         return Row(label, accepted, accepted / (finished - started),
                    percentile(report.latencies, .5), percentile(report.latencies, .99), e2e,
-                   cpu / max(1, accepted))
+                   cpu / max(1, accepted),
+                   workers / max(1, accepted) if mapping_workers else float("nan"),
+                   peer_cpu / max(1, accepted), sender_cpu / max(1, accepted))
     finally:
         engine.stop()
         peer.stop()

@@ -43,14 +43,35 @@ class Process:
                 self.proc.kill()
                 self.proc.wait()
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time used so far (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+    def cpu_seconds(self, *, children: bool = False) -> float:
+        """User + system CPU time used so far (Linux /proc), with ``children``: also that of
+        the processes it started (the engine's mapping workers), while they run."""
+        pids = [self.proc.pid]
+        if children:
+            pids += [pid for pid, parent in _parents().items() if parent == self.proc.pid]
+        return sum(process_cpu(pid) for pid in pids)
+
+
+def process_cpu(pid: int) -> float:
+    """One process's user + system CPU seconds so far; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _parents() -> dict[int, int]:
+    """Every live process's parent id."""
+    found: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            found[int(entry.name)] = int(fields[1])
+    return found
 
 
 async def wait_port(port: int, proc: Process, timeout: float = 30.0) -> None:
