@@ -256,14 +256,14 @@ async def main_async(args: argparse.Namespace) -> int:
                   mapping_workers=args.mapping_workers)
     if "bare" in wanted:
         rows.append(await run_bare(args.messages, args.connections, workdir))
+    label = f"engine ({args.queue})" + (
+        f" + {args.mapping_workers} mapping worker(s)" if args.mapping_workers else "")
     if "engine" in wanted:
-        label = f"engine ({args.queue})" + (
-            f" + {args.mapping_workers} mapping worker(s)" if args.mapping_workers else "")
         rows.append(await run_engine(label, args.messages, args.connections,
                                      workdir, **common))  # type: ignore[arg-type]
     if "latency" in wanted:
         n = int(args.rate * args.latency_seconds)
-        rows.append(await run_engine(f"engine ({args.queue}) @ {args.rate:g}/s", n,
+        rows.append(await run_engine(f"{label} @ {args.rate:g}/s", n,
                                      args.connections, workdir, rate=args.rate,
                                      **common))  # type: ignore[arg-type]
     if "hl7apy" in wanted:
