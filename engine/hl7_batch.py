@@ -23,6 +23,7 @@ fixes and resends the whole; what an earlier attempt stored is then a recognised
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,6 +37,7 @@ from engine.message import Message, new_id
 
 log = logging.getLogger(__name__)
 
+YIELD_EVERY = 256  # messages parsed between turns of the event loop
 _LINE = re.compile(rb"[^\r\n]+")
 _HEADERS = (b"FHS", b"BHS")
 _TRAILERS = (b"\rBTS", b"\nBTS", b"\rFTS", b"\nFTS")
@@ -159,6 +161,17 @@ def _check_count(segment: bytes, actual: int, n: int, what: str) -> None:
         )
 
 
+def answer_acks(answer: bytes) -> list[Hl7Message]:
+    """The ACKs in an answer, for a sender: the one ACK, or each of an acknowledgement batch.
+
+    Raises:
+        RejectedInput: the answer is not HL7, or an ACK in it is not.
+    """
+    if not is_batch(answer):
+        return [parse(answer)]
+    return [parse(m) for m in split_batch(answer).messages]
+
+
 # -- answering ---------------------------------------------------------------------------------
 
 
@@ -190,6 +203,9 @@ async def answer_batch(
     parsed: list[Hl7Message | None] = []
     failed: tuple[int, RejectedInput] | None = None
     for n, body in enumerate(batch.messages, start=1):
+        if n % YIELD_EVERY == 0:
+            # A 10 MB batch holds tens of thousands of messages: let other peers' ACKs out.
+            await asyncio.sleep(0)
         try:
             msg = parse(body, default_encoding=default_encoding)
             if check is not None:
@@ -268,4 +284,4 @@ def _mirror(header: bytes, codec: str) -> bytes:
     return (fs.join(fields).rstrip(fs) + "\r").encode(codec or "utf-8", errors="replace")
 
 
-__all__ = ["BatchAnswer", "Hl7Batch", "answer_batch", "is_batch", "split_batch"]
+__all__ = ["BatchAnswer", "Hl7Batch", "answer_acks", "answer_batch", "is_batch", "split_batch"]

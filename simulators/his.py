@@ -4,7 +4,7 @@
 in flight per connection, ACK checked against MSH-10). ``HisReceiver`` is an MLLP server the
 engine delivers to, with switchable behaviour (AA, AE, AR, silence, slowness) for tests.
 
-Run alone: ``hisbridge simulate his send --to 127.0.0.1:2575 --count 100`` or
+Run alone: ``hisbridge simulate his send --to 127.0.0.1:2575 --count 100 [--batch 50]`` or
 ``hisbridge simulate his receive --listen 127.0.0.1:2577``.
 """
 
@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 from adapters.mllp import END, START, FrameReader
 from engine.errors import RejectedInput
-from engine.hl7 import build_ack, parse
-from simulators.hl7_messages import adt, dft
+from engine.hl7 import Hl7Message, build_ack, parse
+from engine.hl7_batch import answer_acks
+from simulators.hl7_messages import adt, batch_frame, dft
 from simulators.patients import Charge, Patient, PatientFactory, Visit
 
 
@@ -79,14 +80,23 @@ class SendReport:
 
 
 class HisSender:
-    """Sends messages over ``connections`` MLLP connections, optionally at a fixed rate."""
+    """Sends messages over ``connections`` MLLP connections, optionally at a fixed rate.
+
+    With ``batch_size`` > 1 each frame is an HL7 batch (BHS ... BTS) of that many messages,
+    as a HIS sends a day's charges, and each message is checked against its ACK in the
+    acknowledgement batch; a message's latency is then its batch's.
+    """
 
     def __init__(self, host: str, port: int, *, connections: int = 1,
-                 ack_timeout: float = 30.0, encoding: str = "utf-8") -> None:
+                 ack_timeout: float = 30.0, encoding: str = "utf-8",
+                 batch_size: int = 1) -> None:
         self.host, self.port = host, port
         self.connections = connections
         self.ack_timeout = ack_timeout
         self.encoding = encoding
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.batch_size = batch_size
 
     async def send(
         self, messages: Iterable[str | bytes], *, rate: float | None = None,
@@ -98,16 +108,17 @@ class HisSender:
         interval = 1.0 / rate if rate else 0.0
         next_at = [time.perf_counter()]
 
-        async def take() -> str | bytes | None:
+        async def take() -> list[bytes]:
+            """The next frame's messages (a batch's worth), [] at the end."""
             async with lock:
-                item = next(source, None)
-                if interval:
+                items = list(itertools.islice(source, self.batch_size))
+                if interval and items:
                     now = time.perf_counter()
                     wait = next_at[0] - now
-                    next_at[0] = max(now, next_at[0]) + interval
+                    next_at[0] = max(now, next_at[0]) + interval * len(items)
                     if wait > 0:
                         await asyncio.sleep(wait)
-                return item
+                return [i.encode(self.encoding) if isinstance(i, str) else i for i in items]
 
         async def worker() -> None:
             conn: list[asyncio.StreamWriter] = []
@@ -122,40 +133,46 @@ class HisSender:
         async def exchange_all(conn: list[asyncio.StreamWriter]) -> None:
             frames: FrameReader | None = None
             while True:
-                item = await take()
-                if item is None:
+                raws = await take()
+                if not raws:
                     return
-                raw = item.encode(self.encoding) if isinstance(item, str) else item
-                cid = _control_id(raw)
+                cids = [_control_id(raw) for raw in raws]
+                data = raws[0] if self.batch_size == 1 else batch_frame(raws)
                 for _attempt in range(3):
                     try:
                         if not conn:
                             reader, writer = await asyncio.open_connection(self.host, self.port)
                             conn.append(writer)
-                            frames = FrameReader(reader, 1 << 20)
+                            frames = FrameReader(reader, 1 << 24)
                         assert frames is not None
                         t0 = time.perf_counter()
-                        conn[0].write(START + raw + END)
+                        conn[0].write(START + data + END)
                         await conn[0].drain()
                         async with asyncio.timeout(self.ack_timeout):
                             frame = await frames.next()
                         if frame is None:
                             raise ConnectionError("closed before ACK")
                         latency = time.perf_counter() - t0
-                        ack = parse(frame.data)
-                        code = ack.get("MSA", 1)
-                        if ack.get("MSA", 2) and ack.get("MSA", 2) != cid:
-                            report.errors.append(f"{cid}: ACK for {ack.get('MSA', 2)}")
-                        report.acks[cid] = code
-                        report.latencies.append(latency)
-                        if on_ack:
-                            on_ack(cid, code, latency)
+                        record(cids, answer_acks(frame.data), latency)
                         break
                     except (OSError, ConnectionError, TimeoutError, RejectedInput) as exc:
-                        report.errors.append(f"{cid}: {type(exc).__name__} {exc}")
+                        report.errors.append(f"{cids[0]}: {type(exc).__name__} {exc}")
                         while conn:
                             conn.pop().close()
                         await asyncio.sleep(0.2)
+
+        def record(cids: list[str], acks: list[Hl7Message], latency: float) -> None:
+            if len(acks) != len(cids):
+                # A batch refused as a whole: its one ACK answers every message in it.
+                acks = acks[:1] * len(cids)
+            for cid, ack in zip(cids, acks, strict=True):
+                code = ack.get("MSA", 1)
+                if ack.get("MSA", 2) and ack.get("MSA", 2) != cid:
+                    report.errors.append(f"{cid}: ACK for {ack.get('MSA', 2)}")
+                report.acks[cid] = code
+                report.latencies.append(latency)
+                if on_ack:
+                    on_ack(cid, code, latency)
 
         await asyncio.gather(*(worker() for _ in range(self.connections)))
         report.finished = time.perf_counter()
@@ -253,7 +270,7 @@ async def _main(args: argparse.Namespace) -> int:
         finally:
             await receiver.stop()
     host, _, port = args.to.rpartition(":")
-    sender = HisSender(host, int(port), connections=args.connections)
+    sender = HisSender(host, int(port), connections=args.connections, batch_size=args.batch)
     msgs = itertools.islice(traffic(args.seed), args.count)
     report = await sender.send(msgs, rate=args.rate)
     elapsed = report.finished - report.started
@@ -270,6 +287,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     send.add_argument("--rate", type=float, default=None, help="messages per second")
     send.add_argument("--connections", type=int, default=2)
     send.add_argument("--seed", type=int, default=None)
+    send.add_argument("--batch", type=int, default=1,
+                      help="messages per frame, sent as an HL7 batch (BHS ... BTS) when > 1")
     recv = sub.add_parser("receive", help="an MLLP server that records and acknowledges")
     recv.add_argument("--listen", default="127.0.0.1:2577")
     recv.add_argument("--mode", default="AA", choices=["AA", "AE", "AR", "silent", "close"])

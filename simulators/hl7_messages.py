@@ -129,3 +129,12 @@ def dft(p: Patient, v: Visit, charges: list[Charge], *, facility: str = "SYFYY",
     if v.coverage is not None:
         segs.append(_in1(v.coverage))
     return "\r".join(segs) + "\r"
+
+
+def batch_frame(messages: list[bytes], *, facility: str = "SYFYY",
+                batch_id: str | None = None) -> bytes:
+    """Messages as one HL7 batch: BHS (sender, time, control id), the messages, BTS (count)."""
+    header = "|".join(["BHS", "^~\\&", "HIS", facility, "HISBRIDGE", "",
+                       time.strftime("%Y%m%d%H%M%S"), "", "", "", batch_id or control_id("B")])
+    body = b"".join(m.rstrip(b"\r") + b"\r" for m in messages)
+    return header.encode() + b"\r" + body + f"BTS|{len(messages)}\r".encode()

@@ -7,7 +7,6 @@ import contextlib
 
 from adapters.mllp import END, START, FrameReader
 from engine.hl7 import Hl7Message, parse
-from engine.hl7_batch import is_batch, split_batch
 
 
 class MllpClient:
@@ -46,9 +45,3 @@ class MllpClient:
         with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
 
-
-def acks_of(answer: bytes) -> list[Hl7Message]:
-    """The ACKs in an answer: the one ACK, or each ACK of an acknowledgement batch."""
-    if not is_batch(answer):
-        return [parse(answer)]
-    return [parse(m) for m in split_batch(answer).messages]

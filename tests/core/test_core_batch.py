@@ -13,13 +13,13 @@ import aiohttp
 import pytest
 
 from engine.errors import RejectedInput
-from engine.hl7_batch import is_batch, split_batch
+from engine.hl7_batch import answer_acks, is_batch, split_batch
 from engine.runtime import Engine
-from simulators.his import HisReceiver
+from simulators.his import HisReceiver, HisSender
 from simulators.hl7_messages import adt
 from simulators.patients import PatientFactory
 from tests.conftest import engine_config, free_port, wait_for
-from tests.mllp_client import MllpClient, acks_of
+from tests.mllp_client import MllpClient
 
 factory = PatientFactory(seed=23)
 
@@ -147,7 +147,7 @@ async def test_batch_is_stored_in_order_and_answered_with_an_ack_batch(
     assert fhs[2:6] == ["HISBRIDGE", "", "HIS", "H1"] and fhs[11] == "F-77"
     assert bhs[2:6] == ["HISBRIDGE", "", "HIS", "H1"] and bhs[11] == "B-42"
     assert fields(answer, b"BTS")[1] == "3" and fields(answer, b"FTS")[1] == "1"
-    acks = acks_of(answer)
+    acks = answer_acks(answer)
     assert [(a.get("MSA", 1), a.get("MSA", 2)) for a in acks] == [
         ("AA", "B-0"), ("AA", "B-1"), ("AA", "B-2")]
     await wait_for(lambda: receiver.received == ["B-0", "B-1", "B-2"])
@@ -155,7 +155,7 @@ async def test_batch_is_stored_in_order_and_answered_with_an_ack_batch(
         stored = await engine.store.search(control_id=f"B-{i}")
         assert len(stored) == 1 and stored[0].body == body.rstrip(b"\r")
     # Sent again (the sender missed the answer): acknowledged, not processed twice.
-    again = acks_of(await client.exchange(batch(*bodies)))
+    again = answer_acks(await client.exchange(batch(*bodies)))
     assert [a.get("MSA", 1) for a in again] == ["AA", "AA", "AA"]
     assert engine.metrics.duplicates.total() == 3
     assert (await client.send(message("AFTER"))).get("MSA", 1) == "AA"
@@ -168,7 +168,7 @@ async def test_one_bad_message_refuses_the_whole_batch(
 ) -> None:
     engine, client = await start(tmp_path, engines, receiver)
     bad = message("BAD-2").replace(b"|BAD-2|", b"||", 1)  # MSH-10 missing
-    acks = acks_of(await client.exchange(batch(message("BAD-1"), bad, message("BAD-3"))))
+    acks = answer_acks(await client.exchange(batch(message("BAD-1"), bad, message("BAD-3"))))
     assert [a.get("MSA", 1) for a in acks] == ["AR", "AR", "AR"]
     assert "MSH-10" in acks[1].unescape(acks[1].get("MSA", 3))
     assert "message 2 of this batch" in acks[0].unescape(acks[0].get("MSA", 3))
@@ -183,7 +183,7 @@ async def test_a_truncated_batch_is_refused_with_one_ar(
     tmp_path: Path, engines: list[Engine], receiver: HisReceiver
 ) -> None:
     engine, client = await start(tmp_path, engines, receiver)
-    acks = acks_of(await client.exchange(batch(message("T-1"), message("T-2"), bts=3)))
+    acks = answer_acks(await client.exchange(batch(message("T-1"), message("T-2"), bts=3)))
     assert len(acks) == 1 and acks[0].get("MSA", 1) == "AR"
     assert "BTS-1 says '3' but 2" in acks[0].unescape(acks[0].get("MSA", 3))
     assert await engine.store.search(control_id="T-1") == []
@@ -197,7 +197,7 @@ async def test_several_messages_in_one_frame_are_a_batch(
     _, client = await start(tmp_path, engines, receiver)
     answer = await client.exchange(message("M-1") + message("M-2"))
     assert answer.startswith(b"BHS|") and fields(answer, b"BTS")[1] == "2"
-    assert [a.get("MSA", 2) for a in acks_of(answer)] == ["M-1", "M-2"]
+    assert [a.get("MSA", 2) for a in answer_acks(answer)] == ["M-1", "M-2"]
     await wait_for(lambda: receiver.received == ["M-1", "M-2"])
     await client.close()
 
@@ -222,12 +222,12 @@ async def test_full_store_answers_ae_for_every_message_and_keeps_none(
 ) -> None:
     await receiver.stop()  # nothing drains the destination queue
     engine, client = await start(tmp_path, engines, receiver, max_depth=2)
-    acks = acks_of(await client.exchange(batch(*(message(f"F-{i}") for i in range(3)))))
+    acks = answer_acks(await client.exchange(batch(*(message(f"F-{i}") for i in range(3)))))
     assert [a.get("MSA", 1) for a in acks] == ["AE", "AE", "AE"]
     assert "cannot accept the batch now" in acks[0].unescape(acks[0].get("MSA", 3))
     assert await engine.store.search(control_id="F-0") == []
     # Two fit: a batch of two is taken whole.
-    acks = acks_of(await client.exchange(batch(message("F-0"), message("F-1"))))
+    acks = answer_acks(await client.exchange(batch(message("F-0"), message("F-1"))))
     assert [a.get("MSA", 1) for a in acks] == ["AA", "AA"]
     await client.close()
 
@@ -236,10 +236,24 @@ async def test_a_source_set_to_reject_batches_says_so(
     tmp_path: Path, engines: list[Engine], receiver: HisReceiver
 ) -> None:
     engine, client = await start(tmp_path, engines, receiver, ', batch = "reject"')
-    ack = (acks_of(await client.exchange(batch(message("R-1")))))[0]
+    ack = (answer_acks(await client.exchange(batch(message("R-1")))))[0]
     assert ack.get("MSA", 1) == "AR"
     assert "one message per frame" in ack.unescape(ack.get("MSA", 3))
     assert await engine.store.search(control_id="R-1") == []
+    await client.close()
+
+
+async def test_the_his_simulator_sends_batches_and_checks_every_ack(
+    tmp_path: Path, engines: list[Engine], receiver: HisReceiver
+) -> None:
+    engine, client = await start(tmp_path, engines, receiver)
+    sender = HisSender("127.0.0.1", engine.source_port("his"), batch_size=10)
+    report = await sender.send([message(f"S-{i}") for i in range(45)])  # the last holds 5
+    assert report.count("AA") == 45 and not report.errors
+    await wait_for(lambda: receiver.received == [f"S-{i}" for i in range(45)])
+    # One malformed message: every message of its batch is answered AR.
+    report = await sender.send([message("S-X1"), b"MSH|^~\\&|HIS\r"])
+    assert report.acks == {"S-X1": "AR", "": "AR"}
     await client.close()
 
 
@@ -267,14 +281,14 @@ async def test_http_batch_is_stored_and_answered_200_or_refused_400(
         async with http.post(url, data=batch(message("H-1"), message("H-2")),
                              headers={"Idempotency-Key": "one-key"}) as resp:
             assert resp.status == 200
-            acks = acks_of(await resp.read())
+            acks = answer_acks(await resp.read())
         # One Idempotency-Key on the request does not merge the batch's messages.
         assert [a.get("MSA", 2) for a in acks] == ["H-1", "H-2"]
         await wait_for(lambda: receiver.received == ["H-1", "H-2"])
         bad = batch(message("H-3"), b"MSH|^~\\&|HIS\r")
         async with http.post(url, data=bad) as resp:
             assert resp.status == 400
-            acks = acks_of(await resp.read())
+            acks = answer_acks(await resp.read())
         assert [a.get("MSA", 1) for a in acks] == ["AR", "AR"]
         async with http.post(url, data=batch(message("H-4"), bts=5)) as resp:
             assert resp.status == 400

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.hl7_batch import is_batch, split_batch
+from engine.hl7_batch import answer_acks, is_batch, split_batch
 from engine.runtime import Engine
 from simulators.his import HisReceiver
 from simulators.hl7_messages import adt
 from simulators.patients import PatientFactory
 from tests.conftest import SHARED, engine_config, wait_for
-from tests.mllp_client import MllpClient, acks_of
+from tests.mllp_client import MllpClient
 
 factory = PatientFactory(seed=7)
 
@@ -293,7 +293,7 @@ async def test_every_corpus_file_gets_an_answer(
     batches = 0
     for path in files:
         raw = path.read_bytes()
-        acks = acks_of(await client.exchange(raw))
+        acks = answer_acks(await client.exchange(raw))
         if len(acks) > 1 or (is_batch(raw) and acks[0].get("MSA", 1) == "AA"):
             # A batch is answered message by message, in order, or refused with one AR.
             batches += 1

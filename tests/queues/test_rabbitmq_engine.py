@@ -16,6 +16,7 @@ import pytest
 
 from adapters.mllp import END, START
 from engine.hl7 import parse
+from engine.hl7_batch import answer_acks
 from engine.ingest import DedupKey
 from engine.message import Message
 from engine.runtime import Engine
@@ -24,7 +25,7 @@ from simulators.his import HisReceiver
 from simulators.hl7_messages import adt
 from simulators.patients import PatientFactory
 from tests.conftest import engine_config, wait_for
-from tests.mllp_client import MllpClient, acks_of
+from tests.mllp_client import MllpClient
 from tests.queues.queue_support import Broker, TcpProxy, delete_topology
 
 pytestmark = pytest.mark.rabbitmq
@@ -153,7 +154,7 @@ async def test_a_batch_is_stored_in_order_and_its_resend_is_recognised(
     frame = b"BHS|^~\\&|HIS|H1\r" + b"".join(
         message(f"RB-{i}").encode() for i in range(4)) + b"BTS|4\r"
     for _ in range(2):  # the second time, every message is a recognised duplicate
-        acks = acks_of(await client.exchange(frame))
+        acks = answer_acks(await client.exchange(frame))
         assert [(a.get("MSA", 1), a.get("MSA", 2)) for a in acks] == [
             ("AA", f"RB-{i}") for i in range(4)]
     await wait_for(lambda: receiver.received == [f"RB-{i}" for i in range(4)])
