@@ -13,6 +13,7 @@ import pytest
 
 from engine.config import Config, parse_config
 from engine.runtime import Engine
+from simulators.his import HisReceiver
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -45,6 +46,15 @@ def engine_config(
         jitter = 0.0
     """) + textwrap.dedent(body)
     return parse_config(text, file="test.toml", base_dir=tmp_path)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[HisReceiver]:
+    """The HIS simulator's MLLP receiver, acknowledging AA until told otherwise."""
+    r = HisReceiver()
+    await r.start()
+    yield r
+    await r.stop()
 
 
 @pytest.fixture

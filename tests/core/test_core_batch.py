@@ -55,14 +55,6 @@ def channel(receiver_port: int, source_extra: str = "") -> str:
     """
 
 
-@pytest.fixture
-async def receiver() -> HisReceiver:
-    r = HisReceiver()
-    await r.start()
-    yield r  # type: ignore[misc]
-    await r.stop()
-
-
 async def start(tmp_path: Path, engines: list[Engine], receiver: HisReceiver,
                 source_extra: str = "", **queue: int) -> tuple[Engine, MllpClient]:
     config = engine_config(tmp_path, channel(receiver.port, source_extra))

@@ -50,14 +50,6 @@ async def start(tmp_path: Path, engines: list[Engine], receiver: HisReceiver,
     return engine, client
 
 
-@pytest.fixture
-async def receiver() -> HisReceiver:
-    r = HisReceiver()
-    await r.start()
-    yield r  # type: ignore[misc]
-    await r.stop()
-
-
 async def test_message_flows_end_to_end_and_is_stored(tmp_path: Path, engines: list[Engine],
                                                       receiver: HisReceiver) -> None:
     engine, client = await start(tmp_path, engines, receiver)

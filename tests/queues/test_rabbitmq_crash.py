@@ -36,14 +36,6 @@ LOGICAL = ["channel:his", "dest:his/cdr"]
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[HisReceiver]:
-    r = HisReceiver()
-    await r.start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
 async def cleanup(broker: Broker, prefix: str) -> AsyncIterator[None]:
     yield
     await delete_topology(broker, prefix, LOGICAL)

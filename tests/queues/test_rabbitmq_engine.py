@@ -58,14 +58,6 @@ def channels(receiver_port: int, *, ordered: bool = True, attempts: int = 50,
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[HisReceiver]:
-    r = HisReceiver()
-    await r.start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
 async def cleanup(broker: Broker, prefix: str) -> AsyncIterator[None]:
     yield
     await delete_topology(broker, prefix, ["channel:his", "dest:his/cdr"])
