@@ -155,6 +155,20 @@ async def test_batch_is_stored_in_order_and_answered_with_an_ack_batch(
     await client.close()
 
 
+async def test_a_message_twice_in_one_batch_is_stored_and_delivered_once(
+    tmp_path: Path, engines: list[Engine], receiver: HisReceiver
+) -> None:
+    engine, client = await start(tmp_path, engines, receiver)
+    twice = message("TWICE")
+    acks = answer_acks(await client.exchange(batch(twice, message("OTHER"), twice)))
+    assert [(a.get("MSA", 1), a.get("MSA", 2)) for a in acks] == [
+        ("AA", "TWICE"), ("AA", "OTHER"), ("AA", "TWICE")]
+    await wait_for(lambda: receiver.received == ["TWICE", "OTHER"])
+    assert len(await engine.store.search(control_id="TWICE")) == 1
+    assert engine.metrics.duplicates.total() == 1
+    await client.close()
+
+
 async def test_one_bad_message_refuses_the_whole_batch(
     tmp_path: Path, engines: list[Engine], receiver: HisReceiver
 ) -> None:
@@ -168,6 +182,27 @@ async def test_one_bad_message_refuses_the_whole_batch(
     assert await engine.store.search(control_id="BAD-1") == []
     assert await engine.store.search(control_id="BAD-3") == []
     assert engine.metrics.received.total() == 0
+    await client.close()
+
+
+async def test_a_strict_source_validates_every_message_of_a_batch(
+    tmp_path: Path, engines: list[Engine], receiver: HisReceiver
+) -> None:
+    engine, client = await start(tmp_path, engines, receiver, ", strict = true")
+    no_pv1 = b"\r".join(s for s in message("STRICT-2").split(b"\r")
+                        if not s.startswith(b"PV1"))
+    # Alone, the same message is refused by hl7apy's structure check ...
+    alone = await client.send(no_pv1)
+    assert alone.get("MSA", 1) == "AR"
+    assert "Missing required child ADT_A01.PV1" in alone.unescape(alone.get("MSA", 3))
+    # ... and in a batch it takes the batch with it.
+    acks = answer_acks(await client.exchange(batch(message("STRICT-1"), no_pv1)))
+    assert [a.get("MSA", 1) for a in acks] == ["AR", "AR"]
+    assert "strict validation" in acks[1].unescape(acks[1].get("MSA", 3))
+    assert await engine.store.search(control_id="STRICT-1") == []
+    acks = answer_acks(await client.exchange(batch(message("STRICT-3"), message("STRICT-4"))))
+    assert [a.get("MSA", 1) for a in acks] == ["AA", "AA"]
+    await wait_for(lambda: receiver.received == ["STRICT-3", "STRICT-4"])
     await client.close()
 
 
