@@ -235,6 +235,9 @@ class HttpSource:
         assert self._ingest is not None
         try:
             result = await self._ingest(message, hl7=hl7)
+        except RejectedInput as exc:  # a control id an earlier, different message holds
+            ack = build_ack(hl7, exc.code, text=str(exc), error_code=exc.hl7_error)
+            return web.Response(status=409, body=ack.encode(), content_type=HL7_MEDIA)
         except TransientError as exc:
             return _problem(503, str(exc), retry_after=int(exc.retry_after or 5))
         if hl7 is not None:
@@ -251,7 +254,8 @@ class HttpSource:
 
     async def _receive_batch(self, body: bytes, headers: dict[str, str]) -> web.StreamResponse:
         """An HL7 batch: 200 and the acknowledgement batch when all of it was stored, 400
-        when refused as it is, 503 when the engine cannot take it now."""
+        when refused as it is (409 for a reused control id), 503 when the engine cannot take
+        it now."""
         try:
             if self.config.batch == "reject":
                 raise RejectedInput("HL7 batches (FHS/BHS, or several MSH) are not accepted "
@@ -262,7 +266,7 @@ class HttpSource:
         except RejectedInput as exc:
             ack = build_ack(None, exc.code, text=str(exc), error_code=exc.hl7_error)
             return web.Response(status=400, body=ack.encode(), content_type=HL7_MEDIA)
-        status = {"AA": 200, "AR": 400}.get(answer.code, 503)
+        status = {"AA": 200, "AR": 409 if answer.reused else 400}.get(answer.code, 503)
         headers = {"Retry-After": "5"} if status == 503 else {}
         return web.Response(status=status, body=answer.body, content_type=HL7_MEDIA,
                             headers=headers)

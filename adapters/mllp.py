@@ -164,6 +164,8 @@ class MllpSource:
         message = Message(channel=self.channel, content_type="hl7v2", body=frame.data)
         try:
             await self._ingest(message, hl7=msg)
+        except RejectedInput as exc:  # a control id an earlier, different message holds
+            return _encode_ack(exc, msg)
         except TransientError as exc:
             return _encode(build_ack(msg, "AE", text=str(exc), error_code="206"), msg)
         except Exception as exc:

@@ -98,3 +98,15 @@ class RejectedInput(HisbridgeError):
         self.code = code
         self.hl7_error = hl7_error
         self.partial = partial  # what could be parsed (e.g. the MSH) to address the answer
+
+
+class KeyReused(RejectedInput):
+    """An HL7 message whose dedup key (sending facility + MSH-10 by default) an earlier,
+    different message already holds: not a resend, so neither a duplicate to drop nor a
+    message to take (a sender whose control ids restart would otherwise lose every message
+    silently). Answered AR with HL7 error 205, HTTP 409."""
+
+    def __init__(self, message: str, *, key: str, earlier_id: str) -> None:
+        super().__init__(message, hl7_error="205")
+        self.key = key
+        self.earlier_id = earlier_id

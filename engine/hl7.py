@@ -158,6 +158,22 @@ def split_segments(text: str) -> list[str]:
     return [s for s in text.split("\r") if s.strip()]
 
 
+def same_content(earlier: bytes, later: bytes) -> bool:
+    """Whether ``later`` is a resend of ``earlier``: the same segments after MSH.
+
+    A sender that resends after a lost ACK may rebuild the MSH (a new MSH-7 time) or write
+    other line endings; what the message says is in the segments that follow.
+    """
+    return _after_msh(earlier) == _after_msh(later)
+
+
+def _after_msh(raw: bytes) -> bytes:
+    if b"\n" in raw:
+        raw = raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    _, _, rest = raw.partition(b"\r")
+    return rest.strip(b"\r")
+
+
 def decode(raw: bytes, default_encoding: str = "utf-8") -> tuple[str, str]:
     """Decode message bytes using MSH-18, returning (text, codec).
 
@@ -408,6 +424,7 @@ _ERROR_LABELS = {
     "103": "Table value not found",
     "200": "Unsupported message type",
     "203": "Unsupported version id",
+    "205": "Duplicate key identifier",
     "206": "Application record locked",
     "207": "Application internal error",
 }

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from engine.contracts import Ingest
-from engine.errors import RejectedInput, TransientError
+from engine.errors import KeyReused, RejectedInput, TransientError
 from engine.hl7 import Hl7Message, build_ack, parse, timestamp
 from engine.logsetup import log_failure
 from engine.message import Message, new_id
@@ -184,6 +184,7 @@ class BatchAnswer:
     code: str
     count: int  # messages in the batch
     message_ids: list[str]  # of the stored messages (earlier ones' for duplicates)
+    reused: bool = False  # refused for a control id an earlier, different message holds
 
 
 Check = Callable[[Hl7Message], Awaitable[None]]
@@ -232,6 +233,10 @@ async def answer_batch(
              for body, msg in zip(batch.messages, messages, strict=True)]
     try:
         results = await ingest.many(items)
+    except KeyReused as exc:
+        acks = [build_ack(msg, "AR", text=f"batch not accepted: {exc}", error_code="205")
+                for msg in messages]
+        return BatchAnswer(_ack_batch(batch, parsed, acks), "AR", len(parsed), [], reused=True)
     except TransientError as exc:
         acks = [build_ack(msg, "AE", text=f"batch not accepted: {exc}", error_code="206")
                 for msg in messages]

@@ -11,14 +11,14 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from engine.contracts import IngestResult
 from engine.database import Database, StoreUnavailable
-from engine.errors import TransientError
+from engine.errors import KeyReused, TransientError
 from engine.filters import Filter, Getter, Subject, compile_path
-from engine.hl7 import Hl7Message
+from engine.hl7 import Hl7Message, same_content
 from engine.message import Message
 from engine.metrics import Metrics
 from engine.outbox import store_and_publish
@@ -85,6 +85,8 @@ class Prepared:
     message_type: str | None
     control: str | None
     targets: list[tuple[str, str]] | None  # (queue, destination) when fanning out directly
+    # For keys made from a sender's control ids: tells a resend from a reused key.
+    same_content: Callable[[bytes, bytes], bool] | None = None
 
 
 class ChannelIngest:
@@ -119,6 +121,9 @@ class ChannelIngest:
         prepared = self.prepare(message, hl7)
         try:
             duplicate_of = await self._store_and_enqueue(prepared)
+        except KeyReused:
+            self._key_reused(prepared)
+            raise
         except (QueueFull, QueueUnavailable, StoreUnavailable) as exc:
             self.metrics.refused.inc(channel=self.channel)
             log.warning("channel %s refused message %s: %s", self.channel,
@@ -143,6 +148,10 @@ class ChannelIngest:
                     lambda s: [self.stage(p, s) for p in prepared])
             else:
                 duplicates = [await self._store_and_enqueue(p) for p in prepared]
+        except KeyReused as exc:
+            self._key_reused(next((p for p in prepared if p.message.dedup_key == exc.key),
+                                  prepared[0]))
+            raise
         except (QueueFull, QueueUnavailable, StoreUnavailable) as exc:
             self.metrics.refused.inc(len(prepared), channel=self.channel)
             log.warning("channel %s refused a batch of %d messages: %s", self.channel,
@@ -151,11 +160,21 @@ class ChannelIngest:
         self.metrics.ingest_latency.observe(time.perf_counter() - started, channel=self.channel)
         return [self.counted(p, dup) for p, dup in zip(prepared, duplicates, strict=True)]
 
+    def _key_reused(self, prepared: Prepared) -> None:
+        self.metrics.key_reused.inc(channel=self.channel)
+        log.warning("channel %s refused message %s: its dedup key belongs to an earlier, "
+                    "different message (a reused control id)", self.channel,
+                    prepared.control or prepared.message.id)
+
     def prepare(self, message: Message, hl7: Hl7Message | None = None) -> Prepared:
         """Everything ingest decides before the transaction (runs on the event loop)."""
         key = self.dedup_key(message, hl7) if message.dedup_key is None else message.dedup_key
+        check = None
         if key is not None and key != message.dedup_key:
             message = dataclasses.replace(message, dedup_key=key)
+            # A key the source set (an idempotency key) is the truth; one made from HL7
+            # fields is only as unique as the sender's counter.
+            check = same_content if hl7 is not None else None
         targets: list[tuple[str, str]] | None = None
         if self.fanout is not None:
             subject = Subject(message.body, message.content_type, hl7)
@@ -167,6 +186,7 @@ class ChannelIngest:
             message_type=hl7.message_type.replace(hl7.component_sep, "^") if hl7 else None,
             control=hl7.control_id if hl7 else None,
             targets=targets,
+            same_content=check,
         )
 
     def stage(self, prepared: Prepared, s: Staging) -> str | None:
@@ -177,7 +197,8 @@ class ChannelIngest:
         message = prepared.message
         if prepared.targets is None:
             dup = MessageStore.insert(s.conn, message, message_type=prepared.message_type,
-                                      control_id=prepared.control)
+                                      control_id=prepared.control,
+                                      same_content=prepared.same_content)
             if dup is None:
                 s.publish(self.queue, [prepared.envelope])
             return dup
@@ -186,6 +207,7 @@ class ChannelIngest:
             s.conn, message, message_type=prepared.message_type, control_id=prepared.control,
             status=QUEUED if prepared.targets else FILTERED,
             detail=f"queued for {names}" if prepared.targets else "no destination matched",
+            same_content=prepared.same_content,
         )
         if dup is None:
             for queue, _ in prepared.targets:
@@ -212,6 +234,7 @@ class ChannelIngest:
             return await store_and_publish(
                 self.db, backend, prepared.message, self.queue, prepared.envelope,
                 message_type=prepared.message_type, control_id=prepared.control,
+                same_content=prepared.same_content,
             )
         names = ", ".join(name for _, name in prepared.targets)
         return await store_and_publish(
@@ -219,4 +242,5 @@ class ChannelIngest:
             prepared.envelope, message_type=prepared.message_type, control_id=prepared.control,
             status=QUEUED if prepared.targets else FILTERED,
             detail=f"queued for {names}" if prepared.targets else "no destination matched",
+            same_content=prepared.same_content,
         )

@@ -105,6 +105,10 @@ class Metrics:
                                   "Messages recognised as duplicates and acknowledged again.")
         self.refused = Counter("hisbridge_messages_refused_total",
                                "Messages the engine could not take (answered AE/503).")
+        self.key_reused = Counter(
+            "hisbridge_messages_key_reused_total",
+            "HL7 messages refused (AR 205, HTTP 409): their dedup key belongs to an earlier,"
+            " different message.")
         self.filtered = Counter("hisbridge_messages_filtered_total",
                                 "Messages stopped by a channel filter.")
         self.mapped = Counter("hisbridge_messages_mapped_total", "Messages mapped and fanned out.")
@@ -129,8 +133,8 @@ class Metrics:
 
     def families(self) -> list[Counter | Histogram | Gauge]:
         return [
-            self.received, self.duplicates, self.refused, self.filtered, self.mapped,
-            self.mapping_errors, self.sent, self.retried, self.dead_lettered,
+            self.received, self.duplicates, self.refused, self.key_reused, self.filtered,
+            self.mapped, self.mapping_errors, self.sent, self.retried, self.dead_lettered,
             self.resends_skipped, self.ingest_latency, self.delivery_latency,
             self.send_latency, *self.gauges,
         ]

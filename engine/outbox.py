@@ -27,7 +27,7 @@ import logging
 import sqlite3
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -171,6 +171,7 @@ class Outbox:
         self, message: Message, queues: str | Sequence[str], envelope: Envelope, *,
         message_type: str | None = None, control_id: str | None = None,
         status: str = RECEIVED, detail: str | None = None,
+        same_content: Callable[[bytes, bytes], bool] | None = None,
     ) -> str | None:
         """Store ``message``, publish it to ``queues``, and return once both are durable.
 
@@ -195,7 +196,8 @@ class Outbox:
 
         def op(conn: sqlite3.Connection) -> tuple[str | None, list[Pending]]:
             dup = MessageStore.insert(conn, message, message_type=message_type,
-                                      control_id=control_id, status=status, detail=detail)
+                                      control_id=control_id, status=status, detail=detail,
+                                      same_content=same_content)
             if dup is not None:
                 return dup, _pending(conn, dup)
             conn.executemany(
@@ -395,9 +397,10 @@ async def store_and_publish(
     db: Database, backend: QueueBackend, message: Message, queues: str | Sequence[str],
     envelope: Envelope, *, message_type: str | None = None, control_id: str | None = None,
     status: str = RECEIVED, detail: str | None = None,
+    same_content: Callable[[bytes, bytes], bool] | None = None,
 ) -> str | None:
     """Ingest's entry point for backends outside the database: see ``Outbox``."""
     return await outbox_for(db, backend).store_and_publish(
         message, queues, envelope, message_type=message_type, control_id=control_id,
-        status=status, detail=detail,
+        status=status, detail=detail, same_content=same_content,
     )

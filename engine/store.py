@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from engine.database import Database, apply_schema
+from engine.errors import KeyReused
 from engine.message import Message
 
 SCHEMA = """
@@ -110,12 +111,17 @@ class MessageStore:
         control_id: str | None = None,
         status: str = RECEIVED,
         detail: str | None = None,
+        same_content: Callable[[bytes, bytes], bool] | None = None,
     ) -> str | None:
         """Store a received message; return the id of an earlier one with the same dedup key.
 
         Returns None when the message is new. A duplicate is not stored again: the caller
         acknowledges it and does nothing more. ``status`` is the message's status after this
         transaction (``queued`` when ingest fans out directly to destinations).
+
+        ``same_content(earlier_body, body)``, given for keys a sender's counter makes (HL7
+        control ids), says whether a message with a known key is a resend; when it is not
+        (and the message type differs or the content does), ``KeyReused`` is raised.
         """
         if message.dedup_key is not None:
             row = conn.execute(
@@ -123,6 +129,8 @@ class MessageStore:
                 (message.channel, message.dedup_key),
             ).fetchone()
             if row is not None:
+                if same_content is not None:
+                    _check_resend(conn, str(row[0]), message, message_type, same_content)
                 return str(row[0])
         conn.execute(
             "INSERT INTO messages (id, channel, content_type, dedup_key, correlation_id,"
@@ -263,4 +271,22 @@ def _stored(row: Any) -> StoredMessage:
         id=row[0], channel=row[1], content_type=row[2], dedup_key=row[3],
         correlation_id=row[4], message_type=row[5], control_id=row[6], received_at=row[7],
         status=row[8], headers=headers, body=row[10], mapped=row[11], mapped_type=row[12],
+    )
+
+
+def _check_resend(
+    conn: sqlite3.Connection, earlier_id: str, message: Message, message_type: str | None,
+    same_content: Callable[[bytes, bytes], bool],
+) -> None:
+    """Raise KeyReused unless ``message`` is a resend of the stored message ``earlier_id``."""
+    body, earlier_type, received_at = conn.execute(
+        "SELECT body, message_type, received_at FROM messages WHERE id = ?", (earlier_id,)
+    ).fetchone()
+    if earlier_type == message_type and same_content(bytes(body), message.body):
+        return
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(received_at))
+    raise KeyReused(
+        f"key {message.dedup_key} was taken on {when} by a different message ({earlier_id}):"
+        " control ids must not be reused (or set the channel's dedup fields)",
+        key=message.dedup_key or "", earlier_id=earlier_id,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import RejectedInput
-from engine.hl7 import build_ack, escape, parse, split_segments, unescape
+from engine.hl7 import build_ack, escape, parse, same_content, split_segments, unescape
 from tests.conftest import SHARED
 
 ADT = (
@@ -124,3 +124,11 @@ def test_hex_escapes_are_read_in_the_message_character_set(charset: str, encodin
     assert msg.unescape("a\\X0D\\b") == "a\rb"
     # Bytes that are not text in that character set come back one per character.
     assert msg.unescape("\\XFF\\") == "ÿ"
+
+
+def test_same_content_ignores_the_msh_and_line_endings_only() -> None:
+    a = b"MSH|^~\\&|HIS|F|||20260101||ADT^A04|C1|P|2.5\rEVN|A04\rPID|1||M1\r"
+    rebuilt = b"MSH|^~\\&|HIS|F|||20260102||ADT^A04|C1|P|2.5\r\nEVN|A04\r\nPID|1||M1"
+    assert same_content(a, a) and same_content(a, rebuilt)
+    assert not same_content(a, a.replace(b"M1", b"M2"))
+    assert not same_content(a, a + b"NTE|1\r")

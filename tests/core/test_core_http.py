@@ -115,11 +115,20 @@ async def test_http_source_answers_after_commit_and_validates(
                 **auth, "Content-Type": "x-application/hl7-v2+er7"}) as r:
             assert r.status == 200
             assert b"MSA|AA|HTTP-1" in await r.read()
+        hl7_headers = {**auth, "Content-Type": "x-application/hl7-v2+er7"}
+        async with s.post(url, data=hl7, headers=hl7_headers) as r:  # a resend
+            assert r.status == 200 and b"MSA|AA|HTTP-1" in await r.read()
+        reused = hl7.replace(b"PID|1", b"PID|2")  # another message, the same control id
+        async with s.post(url, data=reused, headers=hl7_headers) as r:
+            assert r.status == 409
+            answer = await r.read()
+            assert b"MSA|AR|HTTP-1|" in answer and b"|205^" in answer
         async with s.get(url.replace("/in", "/nowhere"), headers=auth) as r:
             assert r.status == 404
     await wait_for(lambda: len(peer.bodies) == 2)
     assert orjson.loads(peer.bodies[0]) == {"a": 1}
-    assert engine.metrics.received.total() == 2 and engine.metrics.duplicates.total() == 1
+    assert engine.metrics.received.total() == 2 and engine.metrics.duplicates.total() == 2
+    assert engine.metrics.key_reused.total() == 1
 
 
 async def test_http_destination_classifies_statuses(

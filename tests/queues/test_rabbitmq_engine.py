@@ -134,6 +134,11 @@ async def test_duplicates_are_acknowledged_and_processed_once(
     await asyncio.sleep(0.3)
     assert receiver.received == ["RMQ-DUP"]
     assert engine.metrics.duplicates.total() == 2
+    # A different message under the same control id is refused, not taken for a resend.
+    ack = await client.send(message("RMQ-DUP"))
+    assert ack.get("MSA", 1) == "AR" and ack.get("ERR", 3, 1) == "205"
+    assert engine.metrics.key_reused.total() == 1
+    assert len(await engine.store.search(control_id="RMQ-DUP")) == 1
     await client.close()
 
 
