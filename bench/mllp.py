@@ -38,6 +38,7 @@ from bench.processes import (
     machine,
     metric_value,
     percentile,
+    process_cpu,
     wait_port,
 )
 from engine.hl7 import build_ack, parse
@@ -63,6 +64,7 @@ class Row:
     worker_cpu: float = float("nan")
     peer_cpu: float = float("nan")
     sender_cpu: float = float("nan")
+    broker_cpu: float = float("nan")
 
     def cells(self) -> list[str]:
         def ms(v: float) -> str:
@@ -73,14 +75,14 @@ class Row:
 
         return [self.scenario, str(self.messages), f"{self.throughput:,.0f}", ms(self.ack_p50),
                 ms(self.ack_p99), ms(self.e2e_p99), us(self.engine_cpu), us(self.worker_cpu),
-                us(self.peer_cpu), us(self.sender_cpu)]
+                us(self.peer_cpu), us(self.sender_cpu), us(self.broker_cpu)]
 
 
 # CPU columns are microseconds per message: the engine process, its mapping workers, the
-# peer simulator and the load generator. Their sum against the cores says how close a run
-# is to what the machine can do.
+# peer simulator, the load generator and (with --queue rabbitmq) the broker on this machine.
+# Their sum against the cores says how close a run is to what the machine can do.
 HEADERS = ["scenario", "messages", "msg/s", "ACK p50 ms", "ACK p99 ms", "e2e p99 ms",
-           "engine CPU", "workers CPU", "peer CPU", "sender CPU"]
+           "engine CPU", "workers CPU", "peer CPU", "sender CPU", "broker CPU"]
 
 
 def table(rows: list[Row]) -> str:
@@ -165,7 +167,7 @@ source = {{ type = "mllp", listen = "127.0.0.1:{port}", strict = {str(strict).lo
 async def run_engine(
     label: str, n: int, connections: int, workdir: Path, *, queue: str, destination: str,
     mapping: str | None, rate: float | None = None, strict: bool = False,
-    mapping_workers: int = 0,
+    mapping_workers: int = 0, dest_connections: int = 8,
 ) -> Row:
     port, admin_port, peer_port = free_port(), free_port(), free_port()
     token = secrets.token_hex(16)
@@ -180,7 +182,7 @@ async def run_engine(
         peer = Process("receiver", ["-m", "engine.cli", "simulate", "his", "receive",
                                     "--listen", f"127.0.0.1:{peer_port}"], run_dir)
         dest = (f'name = "cdr"\ntype = "mllp"\nhost = "127.0.0.1"\nport = {peer_port}\n'
-                f'connections = 8\nconcurrency = 8')
+                f'connections = {dest_connections}\nconcurrency = {dest_connections}')
     config = run_dir / "config.toml"
     config.write_text(engine_toml(run_dir, port=port, admin=admin_port, dest=dest, queue=queue,
                                   strict=strict, mapping_workers=mapping_workers))
@@ -195,6 +197,8 @@ async def run_engine(
         cpu0 = engine.cpu_seconds()
         workers0 = engine.cpu_seconds(children=True) - cpu0
         peer0, sender0 = peer.cpu_seconds(), time.process_time()
+        brokers = broker_pids() if queue == "rabbitmq" else []
+        broker0 = sum(process_cpu(pid) for pid in brokers)
         started = time.time()
         report = await HisSender("127.0.0.1", port, connections=connections).send(msgs,
                                                                                   rate=rate)
@@ -208,6 +212,7 @@ async def run_engine(
         cpu = engine.cpu_seconds() - cpu0
         workers = engine.cpu_seconds(children=True) - cpu - cpu0 - workers0
         peer_cpu, sender_cpu = peer.cpu_seconds() - peer0, time.process_time() - sender0
+        broker_cpu = sum(process_cpu(pid) for pid in brokers) - broker0
         if destination == "fhir":
             async with aiohttp.ClientSession() as s, s.get(
                     f"http://127.0.0.1:{peer_port}/_control/arrivals") as r:
@@ -224,7 +229,8 @@ async def run_engine(
                    percentile(report.latencies, .5), percentile(report.latencies, .99), e2e,
                    cpu / max(1, accepted),
                    workers / max(1, accepted) if mapping_workers else float("nan"),
-                   peer_cpu / max(1, accepted), sender_cpu / max(1, accepted))
+                   peer_cpu / max(1, accepted), sender_cpu / max(1, accepted),
+                   broker_cpu / max(1, accepted) if brokers else float("nan"))
     finally:
         engine.stop()
         peer.stop()
@@ -235,6 +241,19 @@ async def run_engine(
             cfg = load_config(config).queue
             assert cfg.backend == "rabbitmq"
             await drop_topology(cfg, ["channel:bench", "dest:bench/fhir", "dest:bench/cdr"])
+
+
+def broker_pids() -> list[int]:
+    """The local RabbitMQ node's Erlang VM (``beam.smp``), whose CPU the run also uses."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "beam.smp":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def find_mapping() -> str | None:
@@ -253,7 +272,7 @@ async def main_async(args: argparse.Namespace) -> int:
     rows: list[Row] = []
     wanted = args.scenarios.split(",")
     common = dict(queue=args.queue, destination=destination, mapping=mapping,
-                  mapping_workers=args.mapping_workers)
+                  mapping_workers=args.mapping_workers, dest_connections=args.dest_connections)
     if "bare" in wanted:
         rows.append(await run_bare(args.messages, args.connections, workdir))
     label = f"engine ({args.queue})" + (
@@ -290,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mapping", default=None)
     p.add_argument("--mapping-workers", type=int, default=0,
                    help="run mappings in this many worker processes (engine mapping_workers)")
+    p.add_argument("--dest-connections", type=int, default=8,
+                   help="connections (and concurrency) of the MLLP destination")
     p.add_argument("--scenarios", default="bare,engine,latency,hl7apy")
     p.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
