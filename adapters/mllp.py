@@ -29,7 +29,11 @@ from queues.contract import Envelope
 log = logging.getLogger(__name__)
 
 START = b"\x0b"
-END = b"\x1c\x0d"
+END = b"\x1c\x0d"  # what this side writes after a frame
+# What ends a frame read: the file separator alone. Some devices and older HIS omit the
+# carriage return after it; it cannot occur inside HL7 text, and a CR that does follow is
+# skipped with anything else before the next start block.
+_FS = b"\x1c"
 _CHUNK = 64 * 1024
 
 
@@ -259,10 +263,10 @@ class FrameReader:
                 return None
         scanned = 0
         while True:
-            end = self.buf.find(END, max(0, scanned - 1))
+            end = self.buf.find(_FS, scanned)
             if end >= 0:
                 data = bytes(self.buf[:end])
-                del self.buf[: end + 2]
+                del self.buf[: end + 1]
                 nested = data.find(START)
                 if nested >= 0:
                     # A new start block before the end block: the previous frame was cut off.
@@ -280,20 +284,17 @@ class FrameReader:
     async def _discard_oversized(self) -> Frame | None:
         head = bytes(self.buf[:4096])
         total = len(self.buf)
-        tail = bytes(self.buf[-1:])
         self.buf.clear()
         while True:
             chunk = await self.reader.read(_CHUNK)
             if not chunk:
                 return None
-            window = tail + chunk
-            end = window.find(END)
+            end = chunk.find(_FS)
             if end >= 0:
-                total += end - len(tail)
-                self.buf += window[end + 2 :]
+                total += end
+                self.buf += chunk[end + 1 :]
                 break
             total += len(chunk)
-            tail = chunk[-1:]
         partial = None
         with contextlib.suppress(RejectedInput):
             partial = parse(head.split(b"\r", 1)[0] + b"\r")

@@ -269,6 +269,25 @@ async def test_malformed_frames_get_specific_answers_and_listener_keeps_serving(
     await client.close()
 
 
+async def test_frames_ended_by_0x1c_alone_are_answered(
+    tmp_path: Path, engines: list[Engine], receiver: HisReceiver
+) -> None:
+    """Some devices and older HIS end a frame with 0x1C and no carriage return: waiting for
+    the CR would hang the connection until the sender's ACK timeout."""
+    _, client = await start(tmp_path, engines, receiver)
+    from adapters.mllp import START
+
+    await client.send_raw(START + message("FS-1").encode() + b"\x1c")
+    assert (await client.read_ack()).get("MSA", 2) == "FS-1"
+    # Two such frames back to back, then a standard one.
+    await client.send_raw(START + message("FS-2").encode() + b"\x1c"
+                          + START + message("FS-3").encode() + b"\x1c")
+    assert [(await client.read_ack()).get("MSA", 2) for _ in range(2)] == ["FS-2", "FS-3"]
+    assert (await client.send(message("FS-4"))).get("MSA", 1) == "AA"
+    await wait_for(lambda: receiver.received == ["FS-1", "FS-2", "FS-3", "FS-4"])
+    await client.close()
+
+
 async def test_oversized_frame_is_refused_and_not_buffered(
     tmp_path: Path, engines: list[Engine], receiver: HisReceiver
 ) -> None:
