@@ -22,7 +22,7 @@ same account settings its client uses; only the one named by ``gateway`` may be 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -35,7 +35,7 @@ from adapters.unionpay.notify import UnionPayNotifyVerifier
 from adapters.unionpay.settings import UnionPaySettings
 from adapters.wechatpay.notify import WechatPayNotifyVerifier
 from adapters.wechatpay.settings import WechatPaySettings
-from engine.settings import DataPath, HostPort, Model
+from engine.settings import HostPort, Model
 
 Gateway = Literal["wechatpay", "alipay", "unionpay", "mobilepay"]
 
@@ -47,21 +47,29 @@ class PaymentNotifyConfig(Model):
         gateway: which gateway calls us here.
         listen: ``host:port`` to listen on.
         path: the URL path the gateway posts to (part of the ``notify_url`` we give it).
-        database: the SQLite file holding payment state; the engine's store file by default
-            (the runtime may share its open database with ``use_database``).
         max_body: largest callback accepted, in bytes.
+
+    Payment state lives in the engine's store (``store.path``): the runtime hands the
+    source its open database. A ``database`` key is refused rather than ignored.
     """
 
     type: Literal["payment_notify"]
     gateway: Gateway
     listen: HostPort = "127.0.0.1:8443"
     path: str = Field(default="/notify", pattern=r"^/[A-Za-z0-9_./-]*$")
-    database: DataPath = "data/hisbridge.db"
     max_body: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
     wechatpay: WechatPaySettings | None = None
     alipay: AlipaySettings | None = None
     unionpay: UnionPaySettings | None = None
     mobilepay: MobilePaySettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_database(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "database" in data:
+            raise ValueError("database: payment state is kept in the engine's store "
+                             "(store.path); remove this key")
+        return data
 
     @model_validator(mode="after")
     def _account_of_gateway(self) -> PaymentNotifyConfig:
@@ -83,5 +91,4 @@ class PaymentNotifyConfig(Model):
 
     def build(self, channel: str) -> PaymentNotifySource:
         return PaymentNotifySource(channel=channel, verifier=self.verifier(), listen=self.listen,
-                                   path=self.path, database=self.database,
-                                   max_body=self.max_body)
+                                   path=self.path, max_body=self.max_body)

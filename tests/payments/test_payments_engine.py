@@ -74,7 +74,6 @@ async def test_payment_events_flow_through_the_engine_once(
         gateway = "wechatpay"
         listen = "127.0.0.1:0"
         path = "/notify/wechatpay"
-        database = "{db_path}"
         [channels.source.wechatpay]
         mchid = "{sim.mchid}"
         appid = "{sim.appid}"

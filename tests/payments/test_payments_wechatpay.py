@@ -17,6 +17,7 @@ import pytest
 from adapters.payments.bills import BillError
 from adapters.payments.errors import RefundExceedsPaid
 from adapters.payments.model import OrderRequest, OrderState, RefundState, Submit
+from adapters.payments.notify import PaymentNotifySource
 from adapters.payments.service import PaymentService
 from adapters.payments.source import PaymentNotifyConfig
 from adapters.wechatpay.bill import parse_trade_bill
@@ -355,6 +356,11 @@ def test_notify_config_requires_the_gateway_account_and_references() -> None:
     config = PaymentNotifyConfig.model_validate({**base, "wechatpay": account})
     assert config.path == "/notify"
     assert "file:/etc/merchant.pem" in repr(config)
+    # Payment state is kept in the engine's store: a database of its own is refused, not
+    # silently ignored.
+    with pytest.raises(ValueError, match=r"kept in the engine's store \(store.path\)"):
+        PaymentNotifyConfig.model_validate({**base, "wechatpay": account,
+                                            "database": "data/payments.db"})
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -389,9 +395,11 @@ async def test_source_without_its_keys_starts_and_refuses_callbacks(
         merchant_private_key=Secret(f"file:{tmp_path / 'missing.pem'}"),
         apiv3_key=Secret(f"file:{tmp_path / 'missing.key'}"),
         platform_certificates=[Secret(f"file:{tmp_path / 'missing-cert.pem'}")])
-    source = PaymentNotifyConfig(type="payment_notify", gateway="wechatpay",
-                                 listen="127.0.0.1:0", database=str(tmp_path / "p.db"),
-                                 wechatpay=settings).build("payments")
+    config = PaymentNotifyConfig(type="payment_notify", gateway="wechatpay",
+                                 listen="127.0.0.1:0", wechatpay=settings)
+    # Without an engine, the source opens a database of its own.
+    source = PaymentNotifySource(channel="payments", verifier=config.verifier(),
+                                 listen=config.listen, database=str(tmp_path / "p.db"))
     await source.start(channel)
     try:
         headers = {"Wechatpay-Timestamp": "1", "Wechatpay-Nonce": "n", "Wechatpay-Serial": "s",
