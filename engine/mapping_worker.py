@@ -8,6 +8,7 @@ stderr before anything is loaded and the frames use a private copy of the origin
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     from engine.mapping import load_mappings
 
     mappers = load_mappings(Path(args[0]))
+    # What was loaded lives as long as the worker: left out of full collections, which
+    # would otherwise walk the FHIR models each time and hold up the answers.
+    gc.collect()
+    gc.freeze()
     out.write(frame({"ready": sorted(mappers)}))
     out.flush()
     while True:
