@@ -142,11 +142,16 @@ class ChannelIngest:
         prepared = [self.prepare(message, hl7) for message, hl7 in items]
         backend = self.backend
         try:
+            _reused_within(prepared)
             if isinstance(backend, SqliteQueue):
                 backend.check_capacity(len(prepared))
                 duplicates = await backend.transaction(
                     lambda s: [self.stage(p, s) for p in prepared])
             else:
+                # One message at a time: a reused key is looked for first, so a batch it
+                # refuses is not stored in part.
+                await self.db.read(functools.partial(MessageStore.check_resends, items=[
+                    (p.message, p.message_type, p.same_content) for p in prepared]))
                 duplicates = [await self._store_and_enqueue(p) for p in prepared]
         except KeyReused as exc:
             self._key_reused(next((p for p in prepared if p.message.dedup_key == exc.key),
@@ -244,3 +249,17 @@ class ChannelIngest:
             detail=f"queued for {names}" if prepared.targets else "no destination matched",
             same_content=prepared.same_content,
         )
+
+
+def _reused_within(prepared: list[Prepared]) -> None:
+    """Raise KeyReused when two messages of one batch share a key but not their content."""
+    first: dict[str, Prepared] = {}
+    for p in prepared:
+        key, check = p.message.dedup_key, p.same_content
+        if key is None or check is None:
+            continue
+        earlier = first.setdefault(key, p)
+        if earlier is not p and not (earlier.message_type == p.message_type
+                                     and check(earlier.message.body, p.message.body)):
+            raise KeyReused(f"key {key} is used by two different messages of this batch",
+                            key=key, earlier_id=earlier.message.id)

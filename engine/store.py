@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +148,24 @@ class MessageStore:
             (message.id, message.received_at, RECEIVED, detail),
         )
         return None
+
+    @staticmethod
+    def check_resends(
+        conn: sqlite3.Connection,
+        items: Sequence[tuple[Message, str | None, Callable[[bytes, bytes], bool] | None]],
+    ) -> None:
+        """Raise KeyReused for the first of ``(message, message type, same_content)`` whose
+        key an earlier, different message holds: what ``insert`` would raise, found before
+        anything is stored (a batch stored one message at a time checks first)."""
+        for message, message_type, same_content in items:
+            if same_content is None or message.dedup_key is None:
+                continue
+            row = conn.execute(
+                "SELECT id FROM messages WHERE channel = ? AND dedup_key = ?",
+                (message.channel, message.dedup_key),
+            ).fetchone()
+            if row is not None:
+                _check_resend(conn, str(row[0]), message, message_type, same_content)
 
     @staticmethod
     def record(

@@ -169,6 +169,20 @@ async def test_a_message_twice_in_one_batch_is_stored_and_delivered_once(
     await client.close()
 
 
+async def test_two_different_messages_with_one_control_id_refuse_the_batch(
+    tmp_path: Path, engines: list[Engine], receiver: HisReceiver
+) -> None:
+    engine, client = await start(tmp_path, engines, receiver)
+    acks = answer_acks(await client.exchange(
+        batch(message("SAME-1"), message("OTHER-1"), message("SAME-1"))))
+    assert [a.get("MSA", 1) for a in acks] == ["AR", "AR", "AR"]
+    assert "used by two different messages of this batch" in acks[0].unescape(
+        acks[0].get("MSA", 3))
+    assert await engine.store.search(control_id="OTHER-1") == []
+    assert engine.metrics.key_reused.total() == 1
+    await client.close()
+
+
 async def test_one_bad_message_refuses_the_whole_batch(
     tmp_path: Path, engines: list[Engine], receiver: HisReceiver
 ) -> None:

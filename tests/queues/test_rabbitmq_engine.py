@@ -156,6 +156,12 @@ async def test_a_batch_is_stored_in_order_and_its_resend_is_recognised(
             ("AA", f"RB-{i}") for i in range(4)]
     await wait_for(lambda: receiver.received == [f"RB-{i}" for i in range(4)])
     assert engine.metrics.duplicates.total() == 4
+    # A batch stored message by message is checked for reused control ids first: refused,
+    # it leaves nothing behind (RB-NEW would otherwise be stored, and sent, under an AR).
+    reused = b"BHS|^~\\&|HIS|H1\r" + message("RB-NEW").encode() + message("RB-1").encode()
+    acks = answer_acks(await client.exchange(reused))
+    assert [a.get("MSA", 1) for a in acks] == ["AR", "AR"]
+    assert await engine.store.search(control_id="RB-NEW") == []
     await wait_for(lambda: outbox_rows(tmp_path) == 0)
     await client.close()
 
