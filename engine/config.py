@@ -82,6 +82,9 @@ class ChannelConfig(Model):
         dedup: fields whose values make the dedup key (HL7 paths or ``header:Name``);
             ``[]`` disables dedup. Default: ``MSH-4`` + ``MSH-10`` for HL7, the
             ``Idempotency-Key`` header otherwise.
+        dedup_window_days: how long a key is held. A message whose key was first seen
+            longer ago is new, so a sender's control-id counter that wraps around (999999
+            → 1) keeps flowing; resends come within minutes or hours.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -90,6 +93,7 @@ class ChannelConfig(Model):
     filter: FilterConfig | None = None
     mapping: str | None = None
     dedup: list[str] | None = None
+    dedup_window_days: float = Field(default=7.0, gt=0)
     prefetch: int = Field(default=200, ge=1, le=10_000)
     destinations: list[DestinationConfig] = Field(min_length=1)
 

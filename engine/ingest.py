@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.contracts import IngestResult
@@ -22,7 +22,7 @@ from engine.hl7 import Hl7Message, same_content
 from engine.message import Message
 from engine.metrics import Metrics
 from engine.outbox import store_and_publish
-from engine.store import FILTERED, QUEUED, MessageStore
+from engine.store import FILTERED, QUEUED, KeyPolicy, MessageStore
 from queues.contract import Envelope, QueueBackend, QueueFull, QueueUnavailable
 from queues.sqlite import SqliteQueue, Staging
 
@@ -85,8 +85,7 @@ class Prepared:
     message_type: str | None
     control: str | None
     targets: list[tuple[str, str]] | None  # (queue, destination) when fanning out directly
-    # For keys made from a sender's control ids: tells a resend from a reused key.
-    same_content: Callable[[bytes, bytes], bool] | None = None
+    keys: KeyPolicy | None = None  # how the dedup key is held
 
 
 class ChannelIngest:
@@ -102,8 +101,13 @@ class ChannelIngest:
         backend: QueueBackend,
         metrics: Metrics,
         fanout: list[Fanout] | None = None,
+        dedup_window: float = 7 * 86_400,
     ) -> None:
         self.channel = channel
+        # Keys a source sets (idempotency keys) are the truth; keys made from HL7 fields are
+        # only as unique as the sender's counter, so a resend is told from a reused key.
+        self._given_keys = KeyPolicy(window=dedup_window)
+        self._counter_keys = KeyPolicy(window=dedup_window, same_content=same_content)
         self.queue = channel_queue(channel)
         self.dedup_key = DedupKey(dedup)
         self.db = db
@@ -151,7 +155,7 @@ class ChannelIngest:
                 # One message at a time: a reused key is looked for first, so a batch it
                 # refuses is not stored in part.
                 await self.db.read(functools.partial(MessageStore.check_resends, items=[
-                    (p.message, p.message_type, p.same_content) for p in prepared]))
+                    (p.message, p.message_type, p.keys) for p in prepared if p.keys]))
                 duplicates = [await self._store_and_enqueue(p) for p in prepared]
         except KeyReused as exc:
             self._key_reused(next((p for p in prepared if p.message.dedup_key == exc.key),
@@ -174,12 +178,11 @@ class ChannelIngest:
     def prepare(self, message: Message, hl7: Hl7Message | None = None) -> Prepared:
         """Everything ingest decides before the transaction (runs on the event loop)."""
         key = self.dedup_key(message, hl7) if message.dedup_key is None else message.dedup_key
-        check = None
+        keys = self._given_keys
         if key is not None and key != message.dedup_key:
             message = dataclasses.replace(message, dedup_key=key)
-            # A key the source set (an idempotency key) is the truth; one made from HL7
-            # fields is only as unique as the sender's counter.
-            check = same_content if hl7 is not None else None
+            if hl7 is not None:
+                keys = self._counter_keys
         targets: list[tuple[str, str]] | None = None
         if self.fanout is not None:
             subject = Subject(message.body, message.content_type, hl7)
@@ -191,7 +194,7 @@ class ChannelIngest:
             message_type=hl7.message_type.replace(hl7.component_sep, "^") if hl7 else None,
             control=hl7.control_id if hl7 else None,
             targets=targets,
-            same_content=check,
+            keys=keys,
         )
 
     def stage(self, prepared: Prepared, s: Staging) -> str | None:
@@ -203,7 +206,7 @@ class ChannelIngest:
         if prepared.targets is None:
             dup = MessageStore.insert(s.conn, message, message_type=prepared.message_type,
                                       control_id=prepared.control,
-                                      same_content=prepared.same_content)
+                                      keys=prepared.keys)
             if dup is None:
                 s.publish(self.queue, [prepared.envelope])
             return dup
@@ -212,7 +215,7 @@ class ChannelIngest:
             s.conn, message, message_type=prepared.message_type, control_id=prepared.control,
             status=QUEUED if prepared.targets else FILTERED,
             detail=f"queued for {names}" if prepared.targets else "no destination matched",
-            same_content=prepared.same_content,
+            keys=prepared.keys,
         )
         if dup is None:
             for queue, _ in prepared.targets:
@@ -239,7 +242,7 @@ class ChannelIngest:
             return await store_and_publish(
                 self.db, backend, prepared.message, self.queue, prepared.envelope,
                 message_type=prepared.message_type, control_id=prepared.control,
-                same_content=prepared.same_content,
+                keys=prepared.keys,
             )
         names = ", ".join(name for _, name in prepared.targets)
         return await store_and_publish(
@@ -247,7 +250,7 @@ class ChannelIngest:
             prepared.envelope, message_type=prepared.message_type, control_id=prepared.control,
             status=QUEUED if prepared.targets else FILTERED,
             detail=f"queued for {names}" if prepared.targets else "no destination matched",
-            same_content=prepared.same_content,
+            keys=prepared.keys,
         )
 
 
@@ -255,7 +258,7 @@ def _reused_within(prepared: list[Prepared]) -> None:
     """Raise KeyReused when two messages of one batch share a key but not their content."""
     first: dict[str, Prepared] = {}
     for p in prepared:
-        key, check = p.message.dedup_key, p.same_content
+        key, check = p.message.dedup_key, p.keys.same_content if p.keys else None
         if key is None or check is None:
             continue
         earlier = first.setdefault(key, p)

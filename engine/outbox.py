@@ -27,7 +27,7 @@ import logging
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -35,7 +35,7 @@ import orjson
 from engine.database import Database, StoreUnavailable, apply_schema
 from engine.logsetup import log_failure
 from engine.message import Message
-from engine.store import RECEIVED, MessageStore
+from engine.store import RECEIVED, KeyPolicy, MessageStore
 from queues.contract import Envelope, QueueBackend, QueueFull, QueueUnavailable
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Outbox:
         self, message: Message, queues: str | Sequence[str], envelope: Envelope, *,
         message_type: str | None = None, control_id: str | None = None,
         status: str = RECEIVED, detail: str | None = None,
-        same_content: Callable[[bytes, bytes], bool] | None = None,
+        keys: KeyPolicy | None = None,
     ) -> str | None:
         """Store ``message``, publish it to ``queues``, and return once both are durable.
 
@@ -197,7 +197,7 @@ class Outbox:
         def op(conn: sqlite3.Connection) -> tuple[str | None, list[Pending]]:
             dup = MessageStore.insert(conn, message, message_type=message_type,
                                       control_id=control_id, status=status, detail=detail,
-                                      same_content=same_content)
+                                      keys=keys)
             if dup is not None:
                 return dup, _pending(conn, dup)
             conn.executemany(
@@ -397,10 +397,10 @@ async def store_and_publish(
     db: Database, backend: QueueBackend, message: Message, queues: str | Sequence[str],
     envelope: Envelope, *, message_type: str | None = None, control_id: str | None = None,
     status: str = RECEIVED, detail: str | None = None,
-    same_content: Callable[[bytes, bytes], bool] | None = None,
+    keys: KeyPolicy | None = None,
 ) -> str | None:
     """Ingest's entry point for backends outside the database: see ``Outbox``."""
     return await outbox_for(db, backend).store_and_publish(
         message, queues, envelope, message_type=message_type, control_id=control_id,
-        status=status, detail=detail, same_content=same_content,
+        status=status, detail=detail, keys=keys,
     )

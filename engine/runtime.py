@@ -170,7 +170,7 @@ class Engine:
         direct = ch.mapping is None and ch.filter is None
         ingest = ChannelIngest(
             ch.name, dedup=ch.dedup, db=self.db, store=self.store, backend=self.backend,
-            metrics=self.metrics,
+            metrics=self.metrics, dedup_window=ch.dedup_window_days * 86_400,
             fanout=[Fanout(d.queue, d.name, d.filter) for d in dests] if direct else None,
         )
         worker = ChannelWorker(

@@ -111,27 +111,27 @@ class MessageStore:
         control_id: str | None = None,
         status: str = RECEIVED,
         detail: str | None = None,
-        same_content: Callable[[bytes, bytes], bool] | None = None,
+        keys: KeyPolicy | None = None,
     ) -> str | None:
         """Store a received message; return the id of an earlier one with the same dedup key.
 
         Returns None when the message is new. A duplicate is not stored again: the caller
         acknowledges it and does nothing more. ``status`` is the message's status after this
-        transaction (``queued`` when ingest fans out directly to destinations).
-
-        ``same_content(earlier_body, body)``, given for keys a sender's counter makes (HL7
-        control ids), says whether a message with a known key is a resend; when it is not
-        (and the message type differs or the content does), ``KeyReused`` is raised.
+        transaction (``queued`` when ingest fans out directly to destinations). ``keys``
+        says how long a key is held and how a resend is told from a reused key
+        (``KeyReused``); without it a key is held for good and taken as it is.
         """
         if message.dedup_key is not None:
-            row = conn.execute(
-                "SELECT id FROM messages WHERE channel = ? AND dedup_key = ?",
-                (message.channel, message.dedup_key),
-            ).fetchone()
-            if row is not None:
-                if same_content is not None:
-                    _check_resend(conn, str(row[0]), message, message_type, same_content)
-                return str(row[0])
+            earlier, expired = _holder(conn, message, keys, message_type)
+            if earlier is not None:
+                return earlier
+            if expired:
+                # A key held longer than the window is free again: the earlier message keeps
+                # its history and control id, and gives up the key.
+                conn.execute(
+                    "UPDATE messages SET dedup_key = NULL WHERE channel = ? AND dedup_key = ?",
+                    (message.channel, message.dedup_key),
+                )
         conn.execute(
             "INSERT INTO messages (id, channel, content_type, dedup_key, correlation_id,"
             " message_type, control_id, received_at, status, headers, body)"
@@ -151,21 +151,14 @@ class MessageStore:
 
     @staticmethod
     def check_resends(
-        conn: sqlite3.Connection,
-        items: Sequence[tuple[Message, str | None, Callable[[bytes, bytes], bool] | None]],
+        conn: sqlite3.Connection, items: Sequence[tuple[Message, str | None, KeyPolicy]],
     ) -> None:
-        """Raise KeyReused for the first of ``(message, message type, same_content)`` whose
-        key an earlier, different message holds: what ``insert`` would raise, found before
-        anything is stored (a batch stored one message at a time checks first)."""
-        for message, message_type, same_content in items:
-            if same_content is None or message.dedup_key is None:
-                continue
-            row = conn.execute(
-                "SELECT id FROM messages WHERE channel = ? AND dedup_key = ?",
-                (message.channel, message.dedup_key),
-            ).fetchone()
-            if row is not None:
-                _check_resend(conn, str(row[0]), message, message_type, same_content)
+        """Raise KeyReused for the first of ``(message, message type, keys)`` whose key an
+        earlier, different message holds: what ``insert`` would raise, found before anything
+        is stored (a batch stored one message at a time checks first). Read-only."""
+        for message, message_type, keys in items:
+            if message.dedup_key is not None and keys.same_content is not None:
+                _holder(conn, message, keys, message_type)
 
     @staticmethod
     def record(
@@ -292,16 +285,46 @@ def _stored(row: Any) -> StoredMessage:
     )
 
 
-def _check_resend(
-    conn: sqlite3.Connection, earlier_id: str, message: Message, message_type: str | None,
-    same_content: Callable[[bytes, bytes], bool],
-) -> None:
-    """Raise KeyReused unless ``message`` is a resend of the stored message ``earlier_id``."""
-    body, earlier_type, received_at = conn.execute(
-        "SELECT body, message_type, received_at FROM messages WHERE id = ?", (earlier_id,)
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """How a channel holds dedup keys.
+
+    Attributes:
+        window: seconds a key is held; a message whose key was first seen longer ago is new.
+        same_content: for keys made from a sender's counter (HL7 control ids), whether a
+            message under a held key is a resend of the holder, ``(earlier, later)``.
+            ``None`` takes the key as the truth (an idempotency key).
+    """
+
+    window: float = float("inf")
+    same_content: Callable[[bytes, bytes], bool] | None = None
+
+
+def _holder(
+    conn: sqlite3.Connection, message: Message, keys: KeyPolicy | None,
+    message_type: str | None,
+) -> tuple[str | None, bool]:
+    """(the id of the message holding ``message``'s key, whether a holder's time is up).
+
+    Raises:
+        KeyReused: the holder is not what ``message`` says (``keys.same_content``).
+    """
+    row = conn.execute(
+        "SELECT id, received_at, body, message_type FROM messages"
+        " WHERE channel = ? AND dedup_key = ?",
+        (message.channel, message.dedup_key),
     ).fetchone()
-    if earlier_type == message_type and same_content(bytes(body), message.body):
-        return
+    if row is None:
+        return None, False
+    earlier_id, received_at, body, earlier_type = str(row[0]), row[1], row[2], row[3]
+    if keys is None:
+        return earlier_id, False
+    if received_at < message.received_at - keys.window:
+        return None, True
+    if keys.same_content is None or (
+        earlier_type == message_type and keys.same_content(bytes(body), message.body)
+    ):
+        return earlier_id, False
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(received_at))
     raise KeyReused(
         f"key {message.dedup_key} was taken on {when} by a different message ({earlier_id}):"

@@ -111,6 +111,30 @@ async def test_a_reused_control_id_is_refused_not_dropped(
     await client.close()
 
 
+async def test_a_key_held_past_its_window_is_free_again(
+    tmp_path: Path, engines: list[Engine], receiver: HisReceiver
+) -> None:
+    # A counter that wrapped around: the control id comes back after the window (0.5 s
+    # here, 7 days by default) on a different message, which is new; resends within the
+    # window stay duplicates.
+    engine, client = await start(tmp_path, engines, receiver,
+                                 channel=f"dedup_window_days = {0.5 / 86_400}")
+    first = message("WRAP-1")
+    assert (await client.send(first)).get("MSA", 1) == "AA"
+    assert (await client.send(first)).get("MSA", 1) == "AA"  # a resend
+    assert engine.metrics.duplicates.total() == 1
+    await asyncio.sleep(0.6)
+    later = message("WRAP-1")
+    assert (await client.send(later)).get("MSA", 1) == "AA"
+    assert (await client.send(later)).get("MSA", 1) == "AA"  # its resend, within its window
+    assert engine.metrics.duplicates.total() == 2 and engine.metrics.key_reused.total() == 0
+    stored = await engine.store.search(control_id="WRAP-1")
+    assert len(stored) == 2  # both kept, with their histories
+    assert sorted(m.dedup_key is None for m in stored) == [False, True]
+    await wait_for(lambda: receiver.received == ["WRAP-1", "WRAP-1"])
+    await client.close()
+
+
 async def test_aa_only_after_durable_commit(tmp_path: Path, engines: list[Engine],
                                             receiver: HisReceiver) -> None:
     _, client = await start(tmp_path, engines, receiver)
