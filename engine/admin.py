@@ -161,11 +161,20 @@ class AdminServer:
         out = []
         backend = self.engine.backend
         for name, rt in self.engine.channels.items():
+            metrics = self.engine.metrics
             out.append({
                 "name": name,
                 "source": rt.config.source.type,
                 "port": self.engine.source_port(name),
                 "depth": await backend.depth(rt.worker.queue),
+                # What the source heard since start; key_reused means a sender reuses
+                # control ids and is being refused (AR 205) until that is fixed.
+                "counts": {
+                    "received": int(metrics.received.get(channel=name)),
+                    "duplicates": int(metrics.duplicates.get(channel=name)),
+                    "refused": int(metrics.refused.get(channel=name)),
+                    "key_reused": int(metrics.key_reused.get(channel=name)),
+                },
                 "destinations": [
                     {
                         "name": d.name, "type": dcfg.type, "queue": d.queue,

@@ -128,6 +128,9 @@ async def test_search_view_dead_letters_requeue_replay_and_audit(
         async with s.get(f"{base}/api/channels") as r:
             channels = (await r.json())["channels"]
         assert channels[0]["destinations"][0]["name"] == "cdr"
+        assert channels[0]["counts"] == {"received": engine.metrics.received.total(),
+                                         "duplicates": 0, "refused": 0, "key_reused": 0}
+        assert channels[0]["counts"]["received"] >= 1
     await client.close()
 
 
