@@ -45,6 +45,9 @@ class MllpSourceConfig(Model):
         max_frame_bytes: frames larger than this are refused (AR) without being buffered.
         default_encoding: codec when MSH-18 is empty (``gb18030`` for legacy GBK senders).
         idle_timeout: seconds a silent connection is kept open.
+        frame_timeout: seconds a frame may take from its start block to its end; a sender
+            that stalls mid-frame is disconnected instead of holding a connection slot
+            for ``idle_timeout``.
         max_connections: concurrent connections; more wait in the kernel's backlog.
         strict: validate each message with hl7apy (about 200 messages/s per core).
         batch: what to do with a frame holding a batch (FHS/BHS, or several MSH): ``split``
@@ -57,6 +60,7 @@ class MllpSourceConfig(Model):
     max_frame_bytes: int = Field(default=1_048_576, ge=1024)
     default_encoding: str = "utf-8"
     idle_timeout: float = Field(default=600.0, gt=0)
+    frame_timeout: float = Field(default=60.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
     strict: bool = False
     batch: Literal["split", "reject"] = "split"
@@ -127,11 +131,16 @@ class MllpSource:
                 await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        frames = FrameReader(reader, self.config.max_frame_bytes)
+        frames = FrameReader(reader, self.config.max_frame_bytes,
+                             frame_timeout=self.config.frame_timeout)
         while not self._stopping:
             try:
                 async with asyncio.timeout(self.config.idle_timeout):
                     frame = await frames.next()
+            except FrameTimeout:
+                log.info("mllp source %s: a frame was not completed within %gs; "
+                         "connection closed", self.channel, self.config.frame_timeout)
+                return
             except TimeoutError:
                 return
             if frame is None:
@@ -235,12 +244,18 @@ class Frame:
         self.error = error
 
 
+class FrameTimeout(TimeoutError):
+    """A frame began (start block) but did not end within the reader's ``frame_timeout``."""
+
+
 class FrameReader:
     """Reads MLLP frames from a stream, never buffering more than ``limit`` bytes of one."""
 
-    def __init__(self, reader: asyncio.StreamReader, limit: int) -> None:
+    def __init__(self, reader: asyncio.StreamReader, limit: int,
+                 frame_timeout: float | None = None) -> None:
         self.reader = reader
         self.limit = limit
+        self.frame_timeout = frame_timeout
         self.buf = bytearray()
 
     async def _fill(self) -> bool:
@@ -251,7 +266,11 @@ class FrameReader:
         return True
 
     async def next(self) -> Frame | None:
-        """The next frame, a Frame carrying an error, or None at end of stream."""
+        """The next frame, a Frame carrying an error, or None at end of stream.
+
+        Raises:
+            FrameTimeout: the frame began but did not end within ``frame_timeout``.
+        """
         # Skip anything before the start block (whitespace between frames, line noise).
         while True:
             start = self.buf.find(START)
@@ -261,6 +280,16 @@ class FrameReader:
             self.buf.clear()
             if not await self._fill():
                 return None
+        if self.frame_timeout is None or _FS in self.buf:  # the whole frame is here
+            return await self._rest()
+        try:
+            async with asyncio.timeout(self.frame_timeout):
+                return await self._rest()
+        except TimeoutError:
+            raise FrameTimeout(f"frame not completed within {self.frame_timeout:g}s") from None
+
+    async def _rest(self) -> Frame | None:
+        """The frame whose start block has been read."""
         scanned = 0
         while True:
             end = self.buf.find(_FS, scanned)

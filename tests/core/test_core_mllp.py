@@ -312,6 +312,29 @@ async def test_frames_ended_by_0x1c_alone_are_answered(
     await client.close()
 
 
+async def test_a_sender_stalled_mid_frame_is_disconnected(
+    tmp_path: Path, engines: list[Engine], receiver: HisReceiver
+) -> None:
+    """A frame that begins and never ends would hold a connection slot for idle_timeout."""
+    config = engine_config(tmp_path, config_for(tmp_path, receiver.port).replace(
+        "max_frame_bytes = 65536", "max_frame_bytes = 65536, frame_timeout = 0.3"))
+    engine = Engine(config)
+    await engine.start()
+    engines.append(engine)
+    from adapters.mllp import START
+
+    stalled = await MllpClient.connect(engine.source_port("his"))
+    await stalled.send_raw(START + message("STALL-1").encode()[:40])
+    other = await MllpClient.connect(engine.source_port("his"))
+    assert (await other.send(message("OTHER-1"))).get("MSA", 1) == "AA"
+    # The engine closes the stalled connection: the client reads the end of the stream.
+    assert await asyncio.wait_for(stalled.reader.read(), 5) == b""
+    assert await engine.store.search(control_id="STALL-1") == []
+    assert (await other.send(message("OTHER-2"))).get("MSA", 1) == "AA"
+    await stalled.close()
+    await other.close()
+
+
 async def test_oversized_frame_is_refused_and_not_buffered(
     tmp_path: Path, engines: list[Engine], receiver: HisReceiver
 ) -> None:
