@@ -36,6 +36,7 @@ from adapters.alipay.bill import DETAIL_COLUMNS
 from adapters.payments.money import AmountError, fen_to_yuan, format_yuan, yuan_to_fen
 from adapters.payments.signing import load_public_key, new_private_key, private_pem, public_pem
 from simulators.payments.core import (
+    Served,
     SimError,
     SimServer,
     china_now,
@@ -77,7 +78,7 @@ def _now() -> str:
     return china_now().strftime("%Y-%m-%d %H:%M:%S")
 
 
-class AlipaySimulator:
+class AlipaySimulator(Served):
     def __init__(self, *, app_id: str = "2021000000000001", seller_id: str = "2088000000000001",
                  app_public_key: rsa.RSAPublicKey | None = None,
                  time_factor: float = 1.0) -> None:
@@ -100,16 +101,6 @@ class AlipaySimulator:
         self._bills: dict[str, str] = {}
         self.server.app.router.add_post("/gateway.do", self._gateway)
         self.server.app.router.add_get("/bill/download", self._download)
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        return await self.server.start(host, port)
-
-    async def stop(self) -> None:
-        await self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
 
     @property
     def gateway_url(self) -> str:

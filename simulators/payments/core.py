@@ -363,6 +363,22 @@ def write_key_files(directory: Path, contents: dict[str, tuple[str, str]]) -> di
     return files
 
 
+class Served:
+    """``start``, ``stop`` and ``url`` of a gateway simulator, which its SimServer does."""
+
+    server: SimServer
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        return await self.server.start(host, port)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
 class Simulator(Protocol):
     """What ``serve_until_cancelled`` needs of a simulator."""
 

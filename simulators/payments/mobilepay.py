@@ -30,6 +30,7 @@ from adapters.mobilepay.settings import DEFAULT_PATHS
 from adapters.payments.money import format_yuan
 from engine.errors import PermanentError
 from simulators.payments.core import (
+    Served,
     SimError,
     SimServer,
     china_now,
@@ -75,7 +76,7 @@ def _now() -> str:
     return china_now().strftime("%Y-%m-%d %H:%M:%S")
 
 
-class MobilePaySimulator:
+class MobilePaySimulator(Served):
     def __init__(self, *, app_id: str = "1GJ3K5L7M9N1P3Q5R7S9", app_secret: str | None = None,
                  hospital_public_key: str | None = None, time_factor: float = 1.0,
                  refund_delay: float = 2.0) -> None:
@@ -97,16 +98,6 @@ class MobilePaySimulator:
                     "6301": self._query}
         for infno, path in DEFAULT_PATHS.items():
             self.server.app.router.add_post(path, self._endpoint(handlers[infno]))
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        return await self.server.start(host, port)
-
-    async def stop(self) -> None:
-        await self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
 
     def write_keys(self, directory: Path) -> dict[str, Path]:
         contents = {"platform_public_key": ("mobilepay_platform_public.hex", self.public_hex),

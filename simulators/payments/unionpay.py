@@ -39,6 +39,7 @@ from adapters.payments.signing import (
 )
 from adapters.unionpay import crypto
 from simulators.payments.core import (
+    Served,
     SimError,
     SimServer,
     china_now,
@@ -76,7 +77,7 @@ class Entry:
     fee: int
 
 
-class UnionPaySimulator:
+class UnionPaySimulator(Served):
     def __init__(self, *, mer_id: str = "777290058110048",
                  merchant_certificate: x509.Certificate | None = None,
                  time_factor: float = 1.0, refund_delay: float = 2.0) -> None:
@@ -106,16 +107,6 @@ class UnionPaySimulator:
         r.add_post("/gateway/api/backTransReq.do", self._back_trans)
         r.add_post("/gateway/api/queryTrans.do", self._query)
         r.add_post("/fileTransRequest.do", self._file)
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        return await self.server.start(host, port)
-
-    async def stop(self) -> None:
-        await self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
 
     def write_keys(self, directory: Path) -> dict[str, Path]:
         contents = {"root_certificate": ("unionpay_root.pem", certificate_pem(self.root_cert))}

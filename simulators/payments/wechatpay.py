@@ -39,6 +39,7 @@ from adapters.payments.signing import (
 from adapters.wechatpay import crypto
 from simulators.payments.core import (
     Build,
+    Served,
     SimError,
     SimServer,
     china_now,
@@ -84,7 +85,7 @@ def _rfc3339() -> str:
     return china_now().replace(microsecond=0).isoformat()
 
 
-class WechatPaySimulator:
+class WechatPaySimulator(Served):
     """The simulated gateway. ``start()`` returns its base URL."""
 
     def __init__(
@@ -127,16 +128,6 @@ class WechatPaySimulator:
         r.add_get("/v3/refund/domestic/refunds/{no}", self._query_refund)
         r.add_get("/v3/bill/tradebill", self._tradebill)
         r.add_get("/v3/billdownload/file", self._download)
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        return await self.server.start(host, port)
-
-    async def stop(self) -> None:
-        await self.server.stop()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
 
     def write_keys(self, directory: Path) -> dict[str, Path]:
         """Write what the merchant side needs: the platform certificate (and, for demos
