@@ -224,7 +224,9 @@ def validation_error(exc: ValidationError, text: str, file: str) -> ConfigError:
     for err in exc.errors(include_url=False):
         loc = _clean_loc(err["loc"])
         message = err["msg"]
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "value_error":
+            message = message.removeprefix("Value error, ")  # our validators' own words
+        elif err["type"] == "extra_forbidden":
             message = "unknown key"
         elif err["type"] == "union_tag_invalid":
             message = f"unknown type {err.get('input', {}).get('type', '')!r}" if isinstance(

@@ -137,7 +137,7 @@ def test_config_file_accepts_the_destination_and_refuses_inline_keys() -> None:
     assert isinstance(dest, EinvoiceDestinationConfig)
     assert dest.results.transient == ("E9999", "E9998")
     assert dest.lookup_before_issue == "always"
-    with pytest.raises(ConfigError, match=r"key: Value error, secrets are given by reference"):
+    with pytest.raises(ConfigError, match=r"key: secrets are given by reference"):
         parse_config(text.replace('"${HISBRIDGE_EINVOICE_KEY}"', '"plain-secret"'))
     with pytest.raises(ConfigError, match="response_signature"):
         parse_config(text.replace('operation = "outpatient"',
