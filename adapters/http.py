@@ -267,9 +267,8 @@ class HttpSource:
             ack = build_ack(None, exc.code, text=str(exc), error_code=exc.hl7_error)
             return web.Response(status=400, body=ack.encode(), content_type=HL7_MEDIA)
         status = {"AA": 200, "AR": 409 if answer.reused else 400}.get(answer.code, 503)
-        headers = {"Retry-After": "5"} if status == 503 else {}
         return web.Response(status=status, body=answer.body, content_type=HL7_MEDIA,
-                            headers=headers)
+                            headers={"Retry-After": "5"} if status == 503 else {})
 
     def _headers(self, request: web.Request) -> dict[str, str]:
         """The request headers the message keeps (``pass_headers`` and Idempotency-Key).
