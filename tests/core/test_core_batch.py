@@ -337,3 +337,29 @@ async def test_http_batch_is_stored_and_answered_200_or_refused_400(
     assert await engine.store.search(control_id="H-3") == []
     assert len(await engine.store.search(control_id="H-1")) == 1
 
+
+async def test_http_batch_the_engine_cannot_take_now_is_503_with_retry_after(
+    tmp_path: Path, engines: list[Engine], receiver: HisReceiver
+) -> None:
+    port = free_port()
+    config = engine_config(tmp_path, f"""
+        [[channels]]
+        name = "lab"
+        source = {{ type = "http", listen = "127.0.0.1:{port}", content_type = "hl7v2" }}
+        [[channels.destinations]]
+        name = "cdr"
+        type = "mllp"
+        host = "127.0.0.1"
+        port = {receiver.port}
+    """)
+    engine = Engine(config.model_copy(update={
+        "queue": config.queue.model_copy(update={"max_depth": 1})}))
+    await engine.start()
+    engines.append(engine)
+    async with aiohttp.ClientSession() as http, http.post(
+            f"http://127.0.0.1:{port}/", data=batch(message("Q-1"), message("Q-2"))) as resp:
+        assert resp.status == 503 and resp.headers["Retry-After"] == "5"
+        acks = answer_acks(await resp.read())
+    assert [a.get("MSA", 1) for a in acks] == ["AE", "AE"]
+    assert await engine.store.search(control_id="Q-1") == []
+
