@@ -117,7 +117,8 @@ class Report:
                              "state": d.health.state})
         received = {name: int(m.received.get(channel=name)) for name in engine.channels}
         totals = {"received": int(m.received.total()), "duplicates": int(m.duplicates.total()),
-                  "refused": int(m.refused.total()), "filtered": int(m.filtered.total()),
+                  "refused": int(m.refused.total()), "key_reused": int(m.key_reused.total()),
+                  "filtered": int(m.filtered.total()),
                   "mapping_errors": int(m.mapping_errors.total())}
         report = cls(rows, received, totals, {}, {}, {}, {}, {}, [])
         report._his(tally, peers)
@@ -300,8 +301,9 @@ class Report:
         lines.insert(1, "  ".join("-" * w for w in widths))
         t = self.totals
         lines += ["", "received: " + ", ".join(f"{k} {v}" for k, v in self.received.items()),
-                  f"duplicates {t['duplicates']}, refused {t['refused']}, filtered "
-                  f"{t['filtered']}, mapping errors {t['mapping_errors']}", ""]
+                  f"duplicates {t['duplicates']}, refused {t['refused']}, reused control ids "
+                  f"{t['key_reused']}, filtered {t['filtered']}, mapping errors "
+                  f"{t['mapping_errors']}", ""]
         his = self.his
         lines.append("HIS sent: " + ", ".join(f"{k} {v}" for k, v in his["messages"].items()))
         if self.fhir:

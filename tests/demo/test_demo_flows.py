@@ -73,8 +73,8 @@ def test_the_demo_ends_by_itself_and_every_flow_adds_up(demo: DemoRun) -> None:
     assert "every flow adds up" in demo.stdout
     assert demo.summary["received"]["his-inbound"] == his_total(demo)
     assert sum(demo.summary["his"]["messages"].values()) == his_total(demo)
-    assert (demo.summary["duplicates"], demo.summary["refused"],
-            demo.summary["mapping_errors"]) == (0, 0, 0)
+    assert (demo.summary["duplicates"], demo.summary["refused"], demo.summary["key_reused"],
+            demo.summary["mapping_errors"]) == (0, 0, 0, 0)
     for row in demo.summary["destinations"]:
         assert row["delivered"] > 0, row
         assert row["dead_lettered"] == 0, row
