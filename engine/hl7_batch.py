@@ -104,7 +104,7 @@ def split_batch(raw: bytes) -> Hl7Batch:
     for n, line in enumerate(_LINE.finditer(raw), start=1):
         if not line.group().strip():
             continue
-        name = line.group()[:3]
+        name = _name(line.group())
         if ended:
             raise _problem(n, name, "follows the file trailer FTS")
         if name == b"MSH":
@@ -141,6 +141,15 @@ def split_batch(raw: bytes) -> Hl7Batch:
     if not groups:
         raise RejectedInput("batch holds no BHS or MSH segment", hl7_error="100")
     return Hl7Batch(file_header, groups)
+
+
+def _name(segment: bytes) -> bytes:
+    """A segment's name: its first three bytes when a field separator (or nothing) follows;
+    otherwise not a name this splitter acts on ("BHSX|..." is no BHS)."""
+    sep = segment[3:4]
+    if sep and (sep.isalnum() or sep.isspace()):
+        return segment[:4]
+    return segment[:3]
 
 
 def _problem(n: int, name: bytes, what: str) -> RejectedInput:

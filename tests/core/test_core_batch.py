@@ -7,13 +7,15 @@ specific reason and nothing of it is stored.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from engine.contracts import IngestResult
 from engine.errors import RejectedInput
-from engine.hl7_batch import answer_acks, is_batch, split_batch
+from engine.hl7_batch import answer_acks, answer_batch, is_batch, split_batch
 from engine.runtime import Engine
 from simulators.his import HisReceiver, HisSender
 from simulators.hl7_messages import adt
@@ -123,6 +125,47 @@ def test_empty_batches_and_headerless_batches_split() -> None:
     split = split_batch(message("H1") + message("H2"))
     assert split.file_header is None and len(split.messages) == 2
     assert split.groups[0].header is None
+
+
+class _Accepting:
+    """Ingest for the pure-logic test below: takes every batch (no store involved)."""
+
+    async def many(self, items: list[object]) -> list[IngestResult]:
+        return [IngestResult(f"id-{n}", duplicate=False) for n in range(len(items))]
+
+
+async def test_mutated_batches_get_an_answer_or_a_specific_refusal() -> None:
+    """Bytes flipped, cut and inserted at random in a valid batch: never an exception other
+    than RejectedInput, and every answer has one ACK per message, refusals with reasons."""
+    rng = random.Random(5)
+    base = batch(*(message(f"MUT-{i}") for i in range(5)))
+    pieces = [b"\rMSH|", b"\rBHS|", b"\rBTS|", b"\rFTS|9", b"\rPID|", b"\r\r", b"\xe4\xb8"]
+    answered = refused = 0
+    for _ in range(400):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 6)):
+            at, op = rng.randrange(len(data)), rng.random()
+            if op < 0.4:
+                data[at] = rng.choice(b"\r\n|^~\\&\x0b\x1c\x00\xffMSHBTF019")
+            elif op < 0.7:
+                del data[at:at + rng.randint(1, 40)]
+            else:
+                data[at:at] = rng.choice(pieces)
+        raw = bytes(data)
+        if not is_batch(raw):
+            continue
+        try:
+            answer = await answer_batch(raw, _Accepting(), "lab")  # type: ignore[arg-type]
+        except RejectedInput as exc:
+            refused += bool(str(exc))  # a refusal says why
+            continue
+        answered += 1
+        acks = answer_acks(answer.body)
+        assert len(acks) == answer.count == len(split_batch(raw).messages)
+        for ack in acks:
+            assert ack.get("MSA", 1) == answer.code
+            assert answer.code == "AA" or ack.get("MSA", 3)
+    assert answered > 100 and refused > 50
 
 
 # -- over MLLP ---------------------------------------------------------------------------------
