@@ -40,8 +40,8 @@ class Ingest(Protocol):
     async def many(
         self, items: Sequence[tuple[Message, Hl7Message | None]]
     ) -> list[IngestResult]:
-        """A batch, in order. On TransientError part of it may be stored already: sent
-        again, those messages are recognised duplicates."""
+        """A batch, in order, stored in one transaction. On TransientError it may be
+        stored and not yet published: sent again, its messages are recognised duplicates."""
         ...
 
 

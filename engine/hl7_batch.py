@@ -14,9 +14,9 @@ byte for byte, as a single message would be) and checked whole before anything i
   what arrived, so a truncated file is refused rather than half taken;
 - every message, as a single message is checked at the door.
 
-Then it is stored in order (``Ingest.many``): with the embedded queue all in one
-transaction; with a broker one message after another, so a failure part way leaves the
-stored ones to be recognised as duplicates when the batch is sent again. The answer is an
+Then it is stored in order, in one transaction (``Ingest.many``); with a broker its
+messages are then published together, and one whose publish fails stays in the outbox, to
+be recognised as a duplicate when the batch is sent again. The answer is an
 acknowledgement batch: the input's FHS and BHS mirrored (sender and receiver swapped,
 FHS-12/BHS-12 naming the input's control ids), one ACK per message in order, and BTS/FTS
 with the counts. A rejected message makes every message of its batch AR, so the sender

@@ -21,7 +21,7 @@ from engine.filters import Filter, Getter, Subject, compile_path
 from engine.hl7 import Hl7Message, same_content
 from engine.message import Message
 from engine.metrics import Metrics
-from engine.outbox import store_and_publish
+from engine.outbox import Stored, outbox_for
 from engine.store import FILTERED, QUEUED, KeyPolicy, MessageStore
 from queues.contract import Envelope, QueueBackend, QueueFull, QueueUnavailable
 from queues.sqlite import SqliteQueue, Staging
@@ -139,9 +139,9 @@ class ChannelIngest:
     async def many(
         self, items: Sequence[tuple[Message, Hl7Message | None]]
     ) -> list[IngestResult]:
-        """Ingest a batch in order: with the embedded queue in one transaction (all or none),
-        with a broker one message after another (a failure part way leaves what was stored
-        to be recognised as duplicates when the batch is sent again)."""
+        """Ingest a batch in order, stored in one transaction (all or none). With a broker
+        the messages are then published together; a publish that fails leaves its message
+        in the outbox, recognised as a duplicate when the batch is sent again."""
         started = time.perf_counter()
         prepared = [self.prepare(message, hl7) for message, hl7 in items]
         backend = self.backend
@@ -152,11 +152,8 @@ class ChannelIngest:
                 duplicates = await backend.transaction(
                     lambda s: [self.stage(p, s) for p in prepared])
             else:
-                # One message at a time: a reused key is looked for first, so a batch it
-                # refuses is not stored in part.
-                await self.db.read(functools.partial(MessageStore.check_resends, items=[
-                    (p.message, p.message_type, p.keys) for p in prepared if p.keys]))
-                duplicates = [await self._store_and_enqueue(p) for p in prepared]
+                duplicates = await outbox_for(self.db, backend).store_and_publish_many(
+                    [self._stored(p) for p in prepared])
         except KeyReused as exc:
             self._key_reused(next((p for p in prepared if p.message.dedup_key == exc.key),
                                   prepared[0]))
@@ -238,21 +235,23 @@ class ChannelIngest:
             backend.check_capacity(1)
             return await backend.transaction(functools.partial(self.stage, prepared))
         # Other backends: the outbox keeps "stored" and "enqueued" together (engine.outbox).
+        [duplicate_of] = await outbox_for(self.db, backend).store_and_publish_many(
+            [self._stored(prepared)])
+        return duplicate_of
+
+    def _stored(self, prepared: Prepared) -> Stored:
+        """What the outbox stores for ``prepared`` and the queues it publishes it to."""
         if prepared.targets is None:
-            return await store_and_publish(
-                self.db, backend, prepared.message, self.queue, prepared.envelope,
-                message_type=prepared.message_type, control_id=prepared.control,
-                keys=prepared.keys,
-            )
+            return Stored(prepared.message, [self.queue], prepared.envelope,
+                          prepared.message_type, prepared.control, keys=prepared.keys)
         names = ", ".join(name for _, name in prepared.targets)
-        return await store_and_publish(
-            self.db, backend, prepared.message, [q for q, _ in prepared.targets],
-            prepared.envelope, message_type=prepared.message_type, control_id=prepared.control,
+        return Stored(
+            prepared.message, [q for q, _ in prepared.targets], prepared.envelope,
+            prepared.message_type, prepared.control,
             status=QUEUED if prepared.targets else FILTERED,
             detail=f"queued for {names}" if prepared.targets else "no destination matched",
             keys=prepared.keys,
         )
-
 
 def _reused_within(prepared: list[Prepared]) -> None:
     """Raise KeyReused when two messages of one batch share a key but not their content."""

@@ -67,6 +67,36 @@ class Pending:
     envelope: Envelope
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A message for ``store_and_publish_many``: what to store and where to publish it."""
+
+    message: Message
+    queues: list[str]
+    envelope: Envelope
+    message_type: str | None = None
+    control_id: str | None = None
+    status: str = RECEIVED
+    detail: str | None = None
+    keys: KeyPolicy | None = None
+
+
+def _store(conn: sqlite3.Connection, item: Stored, now: float
+           ) -> tuple[str | None, list[Pending]]:
+    """Store one message with its outbox rows; for a duplicate, the earlier message's id
+    and its rows still pending."""
+    dup = MessageStore.insert(conn, item.message, message_type=item.message_type,
+                              control_id=item.control_id, status=item.status,
+                              detail=item.detail, keys=item.keys)
+    if dup is not None:
+        return dup, _pending(conn, dup)
+    conn.executemany(
+        "INSERT INTO outbox (message_id, queue, created_at) VALUES (?, ?, ?)",
+        [(item.message.id, q, now) for q in item.queues],
+    )
+    return None, []
+
+
 def _pending(conn: sqlite3.Connection, message_id: str, queue: str | None = None
              ) -> list[Pending]:
     sql = ("SELECT o.queue, m.body, m.headers, m.content_type FROM outbox o"
@@ -189,39 +219,66 @@ class Outbox:
                 unconfirmed) is removed from the store, so the resend is not a duplicate.
             StoreUnavailable: the database cannot commit.
         """
-        targets = [queues] if isinstance(queues, str) else list(queues)
+        item = Stored(message, [queues] if isinstance(queues, str) else list(queues),
+                      envelope, message_type, control_id, status, detail, keys)
+        return (await self.store_and_publish_many([item]))[0]
+
+    async def store_and_publish_many(self, items: Sequence[Stored]) -> list[str | None]:
+        """``store_and_publish`` for several messages, in order: one transaction stores them
+        all (a KeyReused or a failed commit stores none), then they are published together
+        and this returns once the broker has confirmed every one.
+
+        Raises:
+            QueueUnavailable, QueueFull, StoreUnavailable: as ``store_and_publish``; what was
+                stored and not published stays in the outbox, and a resend of the batch
+                finds those messages as duplicates and publishes their rows first.
+        """
         await self._ensure_schema()
         await self.backend.ping()  # refuse before storing while the broker is known away
         now = time.time()
 
-        def op(conn: sqlite3.Connection) -> tuple[str | None, list[Pending]]:
-            dup = MessageStore.insert(conn, message, message_type=message_type,
-                                      control_id=control_id, status=status, detail=detail,
-                                      keys=keys)
-            if dup is not None:
-                return dup, _pending(conn, dup)
-            conn.executemany(
-                "INSERT INTO outbox (message_id, queue, created_at) VALUES (?, ?, ?)",
-                [(message.id, q, now) for q in targets],
-            )
-            return None, []
+        def op(conn: sqlite3.Connection) -> list[tuple[str | None, list[Pending]]]:
+            return [_store(conn, item, now) for item in items]
 
         # Publishing only after the commit (rather than beside it, once the transaction has
         # decided the message is new) was measured to be as fast and cheaper: see the
         # "Queue backends" section of docs/performance.md.
-        duplicate_of, pending = await self.db.write(op)
+        stored = await self.db.write(op)
+        if len(items) == 1:
+            outcomes: list[BaseException | None] = [None]
+            try:
+                await self._publish_stored(items[0], *stored[0])
+            except (QueueFull, QueueUnavailable, _AllRefused) as exc:
+                outcomes = [exc]
+        else:
+            # Started in order, so each queue receives the messages in the batch's order.
+            outcomes = await asyncio.gather(
+                *(self._publish_stored(item, dup, pending)
+                  for item, (dup, pending) in zip(items, stored, strict=True)),
+                return_exceptions=True,
+            )
+        refusals = [(item, o) for item, o in zip(items, outcomes, strict=True)
+                    if isinstance(o, _AllRefused)]
+        for item, _ in refusals:  # in no queue: removed, so a resend is not a duplicate
+            await self._withdraw(item.message.id)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, _AllRefused):
+                raise outcome
+        if refusals:
+            raise QueueFull(str(refusals[0][1]))
+        return [dup for dup, _ in stored]
+
+    async def _publish_stored(self, item: Stored, duplicate_of: str | None,
+                              pending: list[Pending]) -> None:
+        """Publish what storing ``item`` left to publish."""
         if duplicate_of is not None:
             # Rows of publishes already confirmed (their deletion is pending) are done.
             pending = [p for p in pending if (duplicate_of, p.queue) not in self._confirmed]
             if pending:
                 await self._publish_all(duplicate_of, pending)
-            return duplicate_of
-        try:
-            await self._publish_all(message.id, [Pending(q, envelope) for q in targets])
-        except _AllRefused as exc:
-            await self._withdraw(message.id)
-            raise QueueFull(str(exc)) from None
-        return None
+            return
+        await self._publish_all(item.message.id, [Pending(q, item.envelope)
+                                                  for q in item.queues])
 
     async def _publish_all(self, message_id: str, pending: list[Pending]) -> None:
         """Publish every row of one message.
@@ -391,16 +448,3 @@ def outbox_for(db: Database, backend: QueueBackend) -> Outbox:
         outbox = Outbox(db, backend)
         _outboxes[db] = outbox
     return outbox
-
-
-async def store_and_publish(
-    db: Database, backend: QueueBackend, message: Message, queues: str | Sequence[str],
-    envelope: Envelope, *, message_type: str | None = None, control_id: str | None = None,
-    status: str = RECEIVED, detail: str | None = None,
-    keys: KeyPolicy | None = None,
-) -> str | None:
-    """Ingest's entry point for backends outside the database: see ``Outbox``."""
-    return await outbox_for(db, backend).store_and_publish(
-        message, queues, envelope, message_type=message_type, control_id=control_id,
-        status=status, detail=detail, keys=keys,
-    )

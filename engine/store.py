@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,17 +148,6 @@ class MessageStore:
             (message.id, message.received_at, RECEIVED, detail),
         )
         return None
-
-    @staticmethod
-    def check_resends(
-        conn: sqlite3.Connection, items: Sequence[tuple[Message, str | None, KeyPolicy]],
-    ) -> None:
-        """Raise KeyReused for the first of ``(message, message type, keys)`` whose key an
-        earlier, different message holds: what ``insert`` would raise, found before anything
-        is stored (a batch stored one message at a time checks first). Read-only."""
-        for message, message_type, keys in items:
-            if message.dedup_key is not None and keys.same_content is not None:
-                _holder(conn, message, keys, message_type)
 
     @staticmethod
     def record(

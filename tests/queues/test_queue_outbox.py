@@ -17,7 +17,7 @@ import pytest
 
 from engine.database import Database
 from engine.message import Message
-from engine.outbox import Outbox
+from engine.outbox import Outbox, Stored
 from engine.store import MessageStore
 from queues.contract import Envelope, QueueFull, QueueUnavailable
 from queues.memory import MemoryQueue
@@ -136,6 +136,60 @@ async def test_a_partly_published_message_stays_and_its_duplicate_finishes_the_j
     third, envelope = new("HALF")
     assert await outbox.store_and_publish(third, [A, B], envelope) == message.id
     assert len(backend.published) == 2
+
+
+async def test_a_batch_is_stored_in_one_transaction_and_published_in_order(
+    db: Database,
+) -> None:
+    backend = FlakyQueue()
+    outbox = Outbox(db, backend)
+    batch = [new(f"BATCH-{i}") for i in range(5)]
+    items = [Stored(m, [A], e) for m, e in batch]
+    assert await outbox.store_and_publish_many(items) == [None] * 5
+    assert backend.published == [(A, m.id) for m, _ in batch]  # the batch's order
+    # Sent again: every message a duplicate, nothing published twice.
+    again = [Stored(new(f"BATCH-{i}")[0], [A], e) for i, (_, e) in enumerate(batch)]
+    assert await outbox.store_and_publish_many(again) == [m.id for m, _ in batch]
+    assert len(backend.published) == 5
+    await outbox.close()
+    assert rows(db.path) == []
+
+
+async def test_a_batch_with_a_queue_down_stays_in_the_outbox_and_its_resend_finishes(
+    db: Database,
+) -> None:
+    backend = FlakyQueue()
+    outbox = Outbox(db, backend)
+    up_message, up_envelope = new("UP-1")
+    down_message, down_envelope = new("DOWN-1")
+    backend.down = {B}
+    with pytest.raises(QueueUnavailable):
+        await outbox.store_and_publish_many([Stored(up_message, [A], up_envelope),
+                                             Stored(down_message, [B], down_envelope)])
+    assert stored(db.path) == 2  # both stored: the peer hears AE and sends the batch again
+    await wait_for(lambda: [r[0] for r in rows(db.path)] == [down_message.id])
+    backend.down.clear()
+    resend = [Stored(new("UP-1")[0], [A], up_envelope),
+              Stored(new("DOWN-1")[0], [B], down_envelope)]
+    assert await outbox.store_and_publish_many(resend) == [up_message.id, down_message.id]
+    assert sorted(backend.published) == sorted([(A, up_message.id), (B, down_message.id)])
+    await outbox.close()
+    assert rows(db.path) == []
+
+
+async def test_a_batch_refused_by_a_full_queue_withdraws_what_went_nowhere(
+    db: Database,
+) -> None:
+    backend = FlakyQueue()
+    backend.full = {B}
+    outbox = Outbox(db, backend)
+    (ok, ok_env), (full, full_env) = new("ROOM-1"), new("NOROOM-1")
+    with pytest.raises(QueueFull, match="is full"):
+        await outbox.store_and_publish_many([Stored(ok, [A], ok_env),
+                                             Stored(full, [B], full_env)])
+    with sqlite3.connect(db.path) as conn:
+        assert [r[0] for r in conn.execute("SELECT id FROM messages")] == [ok.id]
+    await outbox.close()
 
 
 async def test_broker_away_refuses_before_storing(db: Database) -> None:
