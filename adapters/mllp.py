@@ -53,6 +53,10 @@ class MllpSourceConfig(Model):
         batch: what to do with a frame holding a batch (FHS/BHS, or several MSH): ``split``
             stores its messages, all or none, and answers an acknowledgement batch
             (``engine.hl7_batch``); ``reject`` answers AR.
+        ack_mode: ``original`` answers every message AA/AE/AR. ``msh15`` honours a sender
+            in enhanced mode: when MSH-15 (accept acknowledgment type) is set, the answer is
+            CA/CE/CR, sent always (AL), never (NE), on errors only (ER) or on success only
+            (SU); messages without MSH-15, batches and unreadable frames stay original.
     """
 
     type: Literal["mllp"]
@@ -64,6 +68,7 @@ class MllpSourceConfig(Model):
     max_connections: int = Field(default=256, ge=1)
     strict: bool = False
     batch: Literal["split", "reject"] = "split"
+    ack_mode: Literal["original", "msh15"] = "original"
 
     def build(self, channel: str) -> MllpSource:
         return MllpSource(self, channel)
@@ -150,15 +155,16 @@ class MllpSource:
             self._busy.add(task)
             try:
                 answer = await self._answer(frame)
-                writer.write(START + answer + END)
-                await writer.drain()
+                if answer is not None:  # None: the sender asked for no accept ACK (MSH-15)
+                    writer.write(START + answer + END)
+                    await writer.drain()
             finally:
                 self._busy.discard(task)
 
-    async def _answer(self, frame: Frame) -> bytes:
+    async def _answer(self, frame: Frame) -> bytes | None:
         if frame.error is not None:
             partial = frame.error.partial
-            return _encode_ack(frame.error, partial if isinstance(partial, Hl7Message) else None)
+            return self._refuse(frame.error, partial if isinstance(partial, Hl7Message) else None)
         try:
             if is_batch(frame.data):
                 return await self._answer_batch(frame.data)
@@ -172,22 +178,36 @@ class MllpSource:
             log.info("mllp source %s rejected a frame (%s, HL7 error %s)", self.channel,
                      exc.code, exc.hl7_error)
             log.debug("rejection reason: %s", _safe(str(exc)))
-            return _encode_ack(exc, partial)
+            return self._refuse(exc, partial)
         assert self._ingest is not None
         message = Message(channel=self.channel, content_type="hl7v2", body=frame.data)
         try:
             await self._ingest(message, hl7=msg)
         except RejectedInput as exc:  # a control id an earlier, different message holds
-            return _encode_ack(exc, msg)
+            return self._refuse(exc, msg)
         except TransientError as exc:
-            return _encode(build_ack(msg, "AE", text=str(exc), error_code="206"), msg)
+            return self._ack(msg, "AE", text=str(exc), error_code="206")
         except Exception as exc:
             log_failure(log, exc, "mllp source %s: ingest failed for %s", self.channel,
                         msg.control_id)
-            text = f"internal error: {type(exc).__name__}"
-            return _encode(build_ack(msg, "AE", text=text, error_code="207"), msg)
-        return _encode(build_ack(msg, "AA"), msg)
+            return self._ack(msg, "AE", text=f"internal error: {type(exc).__name__}",
+                             error_code="207")
+        return self._ack(msg, "AA")
 
+    def _refuse(self, exc: RejectedInput, msg: Hl7Message | None) -> bytes | None:
+        return self._ack(msg, exc.code, text=str(exc), error_code=exc.hl7_error)
+
+    def _ack(self, msg: Hl7Message | None, code: str, *, text: str = "",
+             error_code: str | None = None) -> bytes | None:
+        """The ACK to write, in the mode the sender asked for; None when it asked for none."""
+        accept = msg.get("MSH", 15).upper() if msg is not None and (
+            self.config.ack_mode == "msh15") else ""
+        if accept in _ACCEPT_TYPES:
+            success = code == "AA"
+            if accept == "NE" or (accept == "ER" and success) or (accept == "SU" and not success):
+                return None
+            code = _ENHANCED.get(code, code)
+        return _encode(build_ack(msg, code, text=text, error_code=error_code), msg)
 
     async def _answer_batch(self, data: bytes) -> bytes:
         """A batch frame: split and answered with an acknowledgement batch, or refused."""
@@ -209,6 +229,11 @@ async def _strict(msg: Hl7Message) -> None:
     await asyncio.to_thread(strict_validate, msg)
 
 
+# Enhanced mode: MSH-15 values (HL7 table 0155) and the accept acknowledgment codes.
+_ACCEPT_TYPES = ("AL", "NE", "ER", "SU")
+_ENHANCED = {"AA": "CA", "AE": "CE", "AR": "CR"}
+
+
 def _safe(text: str) -> str:
     """Reasons quote control ids and field names, never field values; cap the length anyway."""
     return text[:200]
@@ -216,10 +241,6 @@ def _safe(text: str) -> str:
 
 def _encode(ack: str, msg: Hl7Message | None) -> bytes:
     return ack.encode(msg.encoding if msg else "utf-8", errors="replace")
-
-
-def _encode_ack(exc: RejectedInput, msg: Hl7Message | None) -> bytes:
-    return _encode(build_ack(msg, exc.code, text=str(exc), error_code=exc.hl7_error), msg)
 
 
 def strict_validate(msg: Hl7Message) -> None:

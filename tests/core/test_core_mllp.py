@@ -135,6 +135,50 @@ async def test_a_key_held_past_its_window_is_free_again(
     await client.close()
 
 
+def with_accept_type(text: str, accept: str) -> str:
+    """The message with MSH-15 (accept acknowledgment type) set to ``accept``."""
+    msh, rest = text.split("\r", 1)
+    fields = msh.split("|")
+    fields += [""] * (16 - len(fields))
+    fields[14] = accept
+    return "|".join(fields) + "\r" + rest
+
+
+async def test_ack_mode_msh15_answers_as_the_sender_asked(
+    tmp_path: Path, engines: list[Engine], receiver: HisReceiver
+) -> None:
+    """Enhanced mode (MSH-15 set): CA/CE/CR, sent always, never, on errors or on success."""
+    _, original = await start(tmp_path, engines, receiver)
+    ack = await original.send(with_accept_type(message("ORIG-1"), "AL"))
+    assert ack.get("MSA", 1) == "AA"  # by default every answer is original mode
+    await original.close()
+    config = engine_config(tmp_path / "msh15", config_for(tmp_path, receiver.port).replace(
+        "max_frame_bytes = 65536", 'max_frame_bytes = 65536, ack_mode = "msh15"'))
+    engine = Engine(config)
+    await engine.start()
+    engines.append(engine)
+    client = await MllpClient.connect(engine.source_port("his"))
+    assert (await client.send(with_accept_type(message("ENH-AL"), "AL"))).get(
+        "MSA", 1) == "CA"
+    assert (await client.send(message("ENH-NONE").replace("|AL|NE|", "|||"))).get(
+        "MSA", 1) == "AA"  # no MSH-15: original mode
+    # NE: stored and delivered without an answer; ER: an answer only for an error.
+    from adapters.mllp import END, START
+
+    await client.send_raw(START + with_accept_type(message("ENH-NE"), "NE").encode() + END)
+    await client.send_raw(START + with_accept_type(message("ENH-ER"), "ER").encode() + END)
+    bad = with_accept_type(message("ENH-BAD"), "ER").replace("|ENH-BAD|", "||", 1)
+    await client.send_raw(START + bad.encode() + END)
+    refused = await client.read_ack()  # the first answer on the wire is the error's
+    assert refused.get("MSA", 1) == "CR"
+    assert "MSH-10" in refused.unescape(refused.get("MSA", 3))
+    assert (await client.send(with_accept_type(message("ENH-SU"), "SU"))).get(
+        "MSA", 1) == "CA"
+    await wait_for(lambda: receiver.received[-5:] == [
+        "ENH-AL", "ENH-NONE", "ENH-NE", "ENH-ER", "ENH-SU"])
+    await client.close()
+
+
 async def test_aa_only_after_durable_commit(tmp_path: Path, engines: list[Engine],
                                             receiver: HisReceiver) -> None:
     _, client = await start(tmp_path, engines, receiver)
