@@ -33,7 +33,7 @@ from engine.message import Message
 from engine.runtime import Engine
 from queues.contract import Envelope
 from simulators.his import HisReceiver
-from simulators.hl7_messages import adt
+from simulators.hl7_messages import adt, batch_frame
 from simulators.patients import Patient, PatientFactory
 from tests.broken_peer import BrokenPeer, Reply
 from tests.conftest import REPO, engine_config, wait_for
@@ -87,7 +87,14 @@ async def test_logs_name_ids_never_patients(
     anonymous = adt("A04", patients[1], factory.visit("O"), cid="LOG-Y").replace(
         patients[1].mrn, "")
     await client.send(anonymous)
-    await wait_for(lambda: engine.metrics.dead_lettered.total() >= 10, timeout=20)
+    # Batches: one taken, one refused for that broken segment; and a reused control id.
+    batch = [adt("A08", p, factory.visit("O"), cid=f"LOG-B{n}").encode()
+             for n, p in enumerate(patients[2:])]
+    await client.exchange(batch_frame(batch))
+    await client.exchange(batch_frame([batch[0], broken.encode()]))
+    await client.send(adt("A04", patients[3], factory.visit("O"), cid="LOG-0"))
+    assert engine.metrics.key_reused.total() == 1
+    await wait_for(lambda: engine.metrics.dead_lettered.total() >= 13, timeout=20)
     await client.close()
     await receiver.stop()
     assert_no_patient_data(caplog.records, secrets_of(patients))
