@@ -21,9 +21,11 @@ def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args:
     complaint, a peer's error page, a database value), so above DEBUG a line names ids and
     the error's class, never what it said.
     """
-    text = message % args if args else message
-    logger.error("%s (%s)", text, type(exc).__name__)
-    logger.debug("%s: detail", text, exc_info=exc)
+    # The caller's format and arguments stay as they are, like any other log line's: only
+    # the error's class is added, never its text.
+    with_class, with_detail = message + " (%s)", message + ": detail"
+    logger.error(with_class, *args, type(exc).__name__)
+    logger.debug(with_detail, *args, exc_info=exc)
 
 
 class JsonFormatter(logging.Formatter):

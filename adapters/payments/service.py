@@ -100,6 +100,9 @@ class PaymentService:
             created = await self.gateway.create(order.request())
         except InDoubtError:
             await self.store.mark_submit(self.name, order.out_trade_no, Submit.IN_DOUBT)
+            # In-doubt warnings name the gateway and our own order or refund number (the
+            # merchant number the hospital gave it), what an operator needs to find it;
+            # never the payer, the amount's owner or the gateway's text.
             log.warning("create order in doubt, querying: gateway=%s order=%s", self.name,
                         order.out_trade_no)
             resolved = await self._resolve_create(order, refetch=resend_allowed)
