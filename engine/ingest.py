@@ -254,7 +254,12 @@ class ChannelIngest:
         )
 
 def _reused_within(prepared: list[Prepared]) -> None:
-    """Raise KeyReused when two messages of one batch share a key but not their content."""
+    """Raise KeyReused when two messages of one batch share a key but not their content.
+
+    The batch's transaction would refuse the second one too, but its reason would name the
+    first as "a different message" by an id the rollback then removes; found here, the
+    reason says what happened.
+    """
     first: dict[str, Prepared] = {}
     for p in prepared:
         key, check = p.message.dedup_key, p.keys.same_content if p.keys else None
