@@ -162,9 +162,13 @@ class HisSender:
                         await asyncio.sleep(0.2)
 
         def record(cids: list[str], acks: list[Hl7Message], latency: float) -> None:
-            if len(acks) != len(cids):
+            if len(acks) == 1 and len(cids) > 1:
                 # A batch refused as a whole: its one ACK answers every message in it.
-                acks = acks[:1] * len(cids)
+                acks = acks * len(cids)
+            if len(acks) != len(cids):
+                report.errors += [f"{cid}: {len(acks)} ACK(s) for {len(cids)} message(s)"
+                                  for cid in cids]
+                return
             for cid, ack in zip(cids, acks, strict=True):
                 code = ack.get("MSA", 1)
                 if ack.get("MSA", 2) and ack.get("MSA", 2) != cid:
