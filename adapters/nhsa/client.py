@@ -191,7 +191,9 @@ class NhsaClient:
             try:
                 await self.exchange("9002", body, sign_no=sign_no, time_limit=3.0)
             except (TransientError, PermanentError) as exc:
-                log.warning("9002 sign-out failed: %s", exc)
+                # The error's text can quote the platform's answer: at DEBUG only.
+                log.warning("9002 sign-out failed (%s)", type(exc).__name__)
+                log.debug("9002 sign-out failure: %s", exc)
         if self._http is not None:
             http, self._http = self._http, None
             await http.close()
