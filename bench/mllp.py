@@ -167,7 +167,8 @@ source = {{ type = "mllp", listen = "127.0.0.1:{port}", strict = {str(strict).lo
 async def run_engine(
     label: str, n: int, connections: int, workdir: Path, *, queue: str, destination: str,
     mapping: str | None, rate: float | None = None, strict: bool = False,
-    mapping_workers: int = 0, dest_connections: int = 8,
+    mapping_workers: int = 0, dest_connections: int = 8, fhir_concurrency: int = 128,
+    transaction_group: int = 64, transaction_interval: float = 0.005,
 ) -> Row:
     port, admin_port, peer_port = free_port(), free_port(), free_port()
     token = secrets.token_hex(16)
@@ -177,7 +178,9 @@ async def run_engine(
         peer = Process("fhir", ["-m", "engine.cli", "simulate", "fhir", "--listen",
                                 f"127.0.0.1:{peer_port}"], run_dir)
         dest = (f'name = "fhir"\ntype = "fhir"\nbase_url = "http://127.0.0.1:{peer_port}/fhir"\n'
-                f'concurrency = 32\nmapping = "{mapping}"')
+                f'concurrency = {fhir_concurrency}\nmapping = "{mapping}"\n'
+                f'transaction_group = {transaction_group}\n'
+                f'transaction_interval = {transaction_interval}')
     else:
         peer = Process("receiver", ["-m", "engine.cli", "simulate", "his", "receive",
                                     "--listen", f"127.0.0.1:{peer_port}"], run_dir)
@@ -272,7 +275,10 @@ async def main_async(args: argparse.Namespace) -> int:
     rows: list[Row] = []
     wanted = args.scenarios.split(",")
     common = dict(queue=args.queue, destination=destination, mapping=mapping,
-                  mapping_workers=args.mapping_workers, dest_connections=args.dest_connections)
+                  mapping_workers=args.mapping_workers, dest_connections=args.dest_connections,
+                  fhir_concurrency=args.fhir_concurrency,
+                  transaction_group=args.transaction_group,
+                  transaction_interval=args.transaction_interval)
     if "bare" in wanted:
         rows.append(await run_bare(args.messages, args.connections, workdir))
     label = f"engine ({args.queue})" + (
@@ -311,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="run mappings in this many worker processes (engine mapping_workers)")
     p.add_argument("--dest-connections", type=int, default=8,
                    help="connections (and concurrency) of the MLLP destination")
+    p.add_argument("--fhir-concurrency", type=int, default=128,
+                   help="deliveries in flight to the FHIR simulator (FHIR concurrency)")
+    p.add_argument("--transaction-group", type=int, default=64,
+                   help="transaction Bundles merged into one request (FHIR transaction_group)")
+    p.add_argument("--transaction-interval", type=float, default=0.005,
+                   help="seconds between grouped FHIR requests (FHIR transaction_interval)")
     p.add_argument("--scenarios", default="bare,engine,latency,hl7apy")
     p.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -176,19 +177,19 @@ class FhirServer:
         return _outcome(400, "not-supported", "unsupported read")
 
     def _write(self, request: web.Request, parts: list[str], doc: dict[str, Any]) -> web.Response:
-        mid = request.headers.get("X-Message-Id", "")
+        # A merged transaction carries every message's id: "id1, id2, ...".
+        mids = [m.strip() for m in request.headers.get("X-Message-Id", "").split(",")
+                if m.strip()]
         if not parts:
             if doc["resourceType"] != "Bundle" or doc.get("type") not in ("transaction", "batch"):
                 raise _Invalid("only transaction or batch Bundles may be posted to the base")
-            return self._bundle(doc, mid)
+            return self._bundle(doc, mids)
         rtype = parts[0]
         if doc["resourceType"] != rtype:
             raise _Invalid(f"resourceType {doc['resourceType']} does not match the URL ({rtype})")
         rid = parts[1] if len(parts) > 1 else None
         status, stored = self._store(rtype, rid, doc)
-        if mid:
-            self.message_ids.append(mid)
-            self.arrivals.append((mid, time.time()))
+        self._arrived(mids)
         return web.Response(status=status, body=orjson.dumps(stored), content_type=_FHIR_JSON,
                             headers={"Location": f"{self.url}/{rtype}/{stored['id']}/_history/"
                                      f"{stored['meta']['versionId']}"})
@@ -219,7 +220,12 @@ class FhirServer:
         system, _, value = ident.rpartition("|")
         return self._by_identifier.get((rtype, system, value))
 
-    def _bundle(self, doc: dict[str, Any], mid: str) -> web.Response:
+    def _arrived(self, message_ids: list[str]) -> None:
+        now = time.time()
+        self.message_ids.extend(message_ids)
+        self.arrivals.extend((mid, now) for mid in message_ids)
+
+    def _bundle(self, doc: dict[str, Any], mids: list[str]) -> web.Response:
         entries = doc.get("entry") or []
         transaction = doc.get("type") == "transaction"
         # First resolve every entry's target id, so urn:uuid references can be rewritten.
@@ -275,9 +281,7 @@ class FhirServer:
             results.append({"response": {
                 "status": f"{status} {'Created' if status == 201 else 'OK'}",
                 "location": f"{rtype}/{stored['id']}/_history/{stored['meta']['versionId']}"}})
-        if mid:
-            self.message_ids.append(mid)
-            self.arrivals.append((mid, time.time()))
+        self._arrived(mids)
         reply = {"resourceType": "Bundle", "type": f"{doc.get('type')}-response", "entry": results}
         return web.Response(body=orjson.dumps(reply), content_type=_FHIR_JSON)
 
@@ -292,19 +296,32 @@ def _matches_param(resource: dict[str, Any], name: str, value: str) -> bool:
     return str(ref) == value
 
 
-def _resolve_refs(node: Any, full_urls: dict[str, str]) -> Any:
-    """Replace ``urn:uuid:`` references to bundle entries by the entries' ``Type/id``."""
+_REFERENCE = re.compile(rb'"reference":("(?:[^"\\]|\\.)*")')
+
+
+def _resolve_refs(resource: dict[str, Any], full_urls: dict[str, str]) -> dict[str, Any]:
+    """Replace references to bundle entries (``urn:uuid:...``) by the entries' ``Type/id``.
+
+    Done on the serialized resource: orjson writes every ``"reference":"..."`` pair in one
+    form, and a scan of those bytes costs a fraction of walking the resource in Python.
+    """
     if not full_urls:
-        return node
-    if isinstance(node, dict):
-        out = {k: _resolve_refs(v, full_urls) for k, v in node.items()}
-        ref = out.get("reference")
-        if isinstance(ref, str) and ref in full_urls:
-            out["reference"] = full_urls[ref]
-        return out
-    if isinstance(node, list):
-        return [_resolve_refs(v, full_urls) for v in node]
-    return node
+        return resource
+    raw = orjson.dumps(resource)
+    if b'"reference":' not in raw:
+        return resource
+    changed = False
+
+    def swap(m: re.Match[bytes]) -> bytes:
+        nonlocal changed
+        target = full_urls.get(orjson.loads(m.group(1)))
+        if target is None:
+            return m.group(0)
+        changed = True
+        return b'"reference":' + orjson.dumps(target)
+
+    raw = _REFERENCE.sub(swap, raw)
+    return orjson.loads(raw) if changed else resource
 
 
 @dataclass(frozen=True, slots=True)
