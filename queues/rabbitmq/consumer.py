@@ -94,6 +94,8 @@ class RabbitConsumer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._acks: list[Inbound] = []
         self._ack_timer: asyncio.TimerHandle | None = None
+        # Ack frames go out in the order their plans were made (see ``_send_acks``).
+        self._ack_lock = asyncio.Lock()
         # Flush early before the unacked acks hold back much of the prefetch window.
         self._ack_batch = max(1, prefetch // 4)
         self._channel: AbstractRobustChannel | None = None
@@ -241,7 +243,7 @@ class RabbitConsumer:
                 plan.extend((t, False) for t in tags[len(below):])
             else:
                 plan.extend((t, False) for t in tags)
-            self._spawn(_send_acks(channel, plan, self.queue))
+            self._spawn(_send_acks(channel, plan, self.queue, self._ack_lock))
 
     # -- arrival ---------------------------------------------------------------------------
 
@@ -365,10 +367,20 @@ class RabbitConsumer:
 
 
 async def _send_acks(channel: aiormq.abc.AbstractChannel, plan: list[tuple[int, bool]],
-                     queue: str) -> None:
+                     queue: str, lock: asyncio.Lock) -> None:
+    """Send one flush's acks, after every earlier flush's.
+
+    A ``multiple`` ack covers the single acks of earlier flushes, so those must reach the
+    broker first: one that came after would name a tag already acked, and the broker closes
+    the channel for that (PRECONDITION_FAILED, unknown delivery tag), returning every
+    unacked message. The frames pass through aiormq's bounded write queue, where a put that
+    waits for room can be overtaken by a later one; the lock (first come, first served)
+    keeps flushes from interleaving.
+    """
     try:
-        for tag, multiple in plan:
-            await channel.basic_ack(tag, multiple=multiple, wait=False)
+        async with lock:
+            for tag, multiple in plan:
+                await channel.basic_ack(tag, multiple=multiple, wait=False)
     except _GONE as exc:
         # The broker requeued them with the channel; they will be delivered again.
         log.debug("%s: acks lost with their channel (%s)", queue, exc)

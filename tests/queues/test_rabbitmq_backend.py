@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -95,6 +96,47 @@ async def test_acks_go_out_together_and_a_closing_consumer_sends_those_still_wai
     assert await backend.depth(Q) == 0
     again = Taker(backend.consumer(Q))
     await again.none_within(0.5)  # nothing is delivered again
+    await again.close()
+
+
+async def test_acks_reach_the_broker_in_order_when_the_connection_is_busy(
+    backends: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``multiple`` ack must not overtake the single acks of an earlier flush.
+
+    On a busy connection a frame waits for room in aiormq's write queue, and a flush's
+    acks can stop half-way while a later flush runs. Had its ``multiple`` ack gone out
+    first, the earlier flush's next single ack would name a tag already acked, and the
+    broker would close the channel for it, sending every unacked message again.
+    """
+    backend = await backends(min_prefetch=8)  # acks flush in twos
+    await backend.declare(Q)
+    await backend.publish(Q, envelopes(8))
+    taker = Taker(backend.consumer(Q, prefetch=8))
+    got = {d.tag: d for d in [await taker.next() for _ in range(8)]}
+    first = min(got)
+    channel = got[first].backend_state.channel
+    queue = channel.write_queue
+    put = queue.put
+
+    async def busy_put(frame: Any) -> None:
+        await asyncio.sleep(0)  # waits for room, as on a full write queue
+        await put(frame)
+
+    monkeypatch.setattr(queue, "put", busy_put)
+    # Two flushes planned back to back: the first acks two tags singly (the oldest is
+    # still unsettled), the second acks up to the fourth in one ``multiple`` frame.
+    for tag in (first + 1, first + 2, first, first + 3):
+        await backend.ack(got[tag])
+    await asyncio.sleep(0.3)
+    for tag in range(first + 4, first + 8):
+        await backend.ack(got[tag])
+    await asyncio.sleep(0.3)
+    assert not channel.is_closed
+    await taker.close()
+    assert await backend.depth(Q) == 0
+    again = Taker(backend.consumer(Q))
+    await again.none_within(0.5)
     await again.close()
 
 
