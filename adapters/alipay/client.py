@@ -40,7 +40,7 @@ from adapters.payments.model import (
     TradeAnswer,
     TradeStatus,
 )
-from adapters.payments.money import AmountError, format_yuan, yuan_to_fen
+from adapters.payments.money import AmountError, NegativeAmount, format_yuan, yuan_to_fen
 from adapters.payments.transport import call
 from engine.errors import InDoubtError, PermanentError, TransientError
 
@@ -294,6 +294,8 @@ def _fen(data: dict[str, Any], name: str, method: str) -> int:
         if not isinstance(value, str):
             raise AmountError(type(value).__name__)
         return yuan_to_fen(value)
+    except NegativeAmount:
+        raise PermanentError(f"{method}: Alipay answer's {name} is negative") from None
     except AmountError:
         shown = repr(value[:20]) if isinstance(value, str) else type(value).__name__
         raise PermanentError(f"{method}: Alipay answer's {name} is not a yuan amount"

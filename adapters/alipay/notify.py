@@ -17,7 +17,7 @@ from adapters.alipay.settings import AlipayCredentials, AlipaySettings
 from adapters.payments.account import AccountKeys
 from adapters.payments.errors import CallbackRejected
 from adapters.payments.model import EventKind, PaymentEvent
-from adapters.payments.money import AmountError, yuan_to_fen
+from adapters.payments.money import AmountError, NegativeAmount, yuan_to_fen
 from adapters.payments.notify import NotifyAnswer, NotifyRequest, unique_fields
 
 
@@ -80,13 +80,13 @@ class AlipayNotifyVerifier:
 
 def _yuan(params: dict[str, str], name: str, out_trade_no: str) -> int:
     try:
-        fen = yuan_to_fen(params.get(name, ""))
+        return yuan_to_fen(params.get(name, ""))
+    except NegativeAmount:
+        problem = "is negative"
     except AmountError:
-        fen = -1
-    if fen < 0:
-        raise CallbackRejected("malformed", f"{name} {params.get(name, '')[:20]!r} is not a "
-                               "yuan amount", out_trade_no=out_trade_no or None)
-    return fen
+        problem = "is not a yuan amount"
+    raise CallbackRejected("malformed", f"{name} {params.get(name, '')[:20]!r} {problem}",
+                           out_trade_no=out_trade_no or None)
 
 
 def _form(body: bytes) -> dict[str, str]:

@@ -42,7 +42,7 @@ from adapters.payments.model import (
     TradeAnswer,
     TradeStatus,
 )
-from adapters.payments.money import AmountError, format_yuan, yuan_to_fen
+from adapters.payments.money import AmountError, NegativeAmount, format_yuan, yuan_to_fen
 from adapters.payments.transport import call
 from engine.errors import InDoubtError, PermanentError, TransientError
 
@@ -62,12 +62,11 @@ def fen_of(value: Any, what: str) -> int:
             value = Decimal(value)  # a whole number of yuan written without decimals
         if not isinstance(value, str | Decimal):
             raise AmountError(what)
-        fen = yuan_to_fen(value)
+        return yuan_to_fen(value)
+    except NegativeAmount:
+        raise PermanentError(f"mobile payment answer's {what} is negative") from None
     except AmountError:
         raise PermanentError(f"mobile payment answer has no valid {what}") from None
-    if fen < 0:
-        raise PermanentError(f"mobile payment answer's {what} is negative")
-    return fen
 
 
 class MobilePayClient:

@@ -20,7 +20,7 @@ import zipfile
 import zlib
 
 from adapters.payments.bills import Bill, BillError, BillLine, BillTotals
-from adapters.payments.money import fen_to_yuan, parse_fen
+from adapters.payments.money import AmountError, fen_to_yuan, parse_fen
 
 MAX_FILE = 64 * 1024 * 1024
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
@@ -50,7 +50,7 @@ def parse_bill_file(archive: bytes) -> Bill:
 def _fen(text: str, what: str) -> int:
     try:
         return parse_fen(text)
-    except ValueError:  # AmountError, or digits int() refuses ("²")
+    except AmountError:
         raise BillError(f"UnionPay settlement {what} is not an amount in fen") from None
 
 

@@ -40,6 +40,7 @@ from adapters.payments.model import (
     TradeAnswer,
     TradeStatus,
 )
+from adapters.payments.money import AmountError, parse_fen
 from adapters.payments.transport import call
 from adapters.unionpay import crypto
 from adapters.unionpay.bill import MAX_FILE, parse_bill_file
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 CHINA = dt.timezone(dt.timedelta(hours=8))
 _ORDER_ID = re.compile(r"^[0-9A-Za-z]{8,40}$")
 _RESP_CODE = re.compile(r"[0-9A-Z]{2}")
-_FEN = re.compile(r"[0-9]{1,12}")
 _UNKNOWN = ("03", "04", "05")
 
 
@@ -245,7 +245,8 @@ def _status(answer: dict[str, str]) -> str:
 
 def _fen(answer: dict[str, str], what: str) -> int:
     text = answer.get("txnAmt", "")
-    if not _FEN.fullmatch(text):
+    try:
+        return parse_fen(text)
+    except AmountError:
         raise PermanentError(f"{what}: UnionPay answer's txnAmt is not a whole number of fen"
-                             f" ({text[:20]!r})")
-    return int(text)
+                             f" ({text[:20]!r})") from None

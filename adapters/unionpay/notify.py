@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 from adapters.payments.account import AccountKeys
 from adapters.payments.errors import CallbackRejected
 from adapters.payments.model import EventKind, PaymentEvent
-from adapters.payments.money import AmountError, mask_card, parse_fen
+from adapters.payments.money import AmountError, NegativeAmount, mask_card, parse_fen
 from adapters.payments.notify import NotifyAnswer, NotifyRequest, unique_fields
 from adapters.unionpay import crypto
 from adapters.unionpay.settings import UnionPayCredentials, UnionPaySettings
@@ -48,12 +48,13 @@ class UnionPayNotifyVerifier:
                                    out_trade_no=order_id or None)
         try:
             amount = parse_fen(fields.get("txnAmt", ""))
+        except NegativeAmount:
+            raise CallbackRejected("malformed", "txnAmt is negative",
+                                   out_trade_no=order_id or None) from None
         except AmountError:
             raise CallbackRejected("malformed", f"txnAmt {fields.get('txnAmt', '')[:20]!r} is "
                                    "not a whole number of fen",
                                    out_trade_no=order_id or None) from None
-        if amount < 0:
-            raise CallbackRejected("malformed", "txnAmt is negative", out_trade_no=order_id)
         if not order_id:
             raise CallbackRejected("malformed", "notification without orderId")
         ok = fields.get("respCode") == "00"

@@ -34,6 +34,7 @@ from adapters.payments.model import (
     TradeAnswer,
     TradeStatus,
 )
+from adapters.payments.money import AmountError, parse_fen
 from adapters.payments.signing import sign_sha256
 from adapters.payments.transport import HttpAnswer, call
 from adapters.wechatpay import crypto
@@ -277,7 +278,10 @@ def _amount(data: dict[str, Any], name: str, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise PermanentError(f"{what}: WeChat Pay answer's amount.{name} is not a whole"
                              f" number of fen ({type(value).__name__})")
-    return value
+    try:
+        return parse_fen(value)
+    except AmountError:
+        raise PermanentError(f"{what}: WeChat Pay answer's amount.{name} is negative") from None
 
 
 def _refund_answer(data: dict[str, Any], what: str) -> RefundAnswer:

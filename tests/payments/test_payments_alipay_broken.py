@@ -147,6 +147,8 @@ REFUNDED = '"4.00"'
     (ok(refund_fee="400"), r"Alipay answer's refund_fee is not a yuan amount \(int\)"),
     (ok(refund_fee='"4.001"'), r"Alipay answer's refund_fee is not a yuan amount \('4.001'\)"),
     (ok(refund_fee='"四元"'), r"Alipay answer's refund_fee is not a yuan amount \('四元'\)"),
+    (ok(refund_fee='"-4.00"'), r"Alipay answer's refund_fee is negative"),
+    (ok(refund_fee='"４.00"'), r"Alipay answer's refund_fee is not a yuan amount \('４.00'\)"),
     (ok(refund_fee='{"value": "4.00"}'),
      r"Alipay answer's refund_fee is not a yuan amount \(dict\)"),
     (Reply(b'{"alipay_trade_refund_response": {"code": "10000", "refu', cut_short=True),

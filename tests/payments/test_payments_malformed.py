@@ -312,7 +312,7 @@ ALIPAY: dict[str, AlipayCase] = {
     "amount not a number": (lambda r, n: ali_callback(r, n, replace("total_amount", "ten")),
                             "malformed", "total_amount 'ten' is not a yuan amount"),
     "amount negative": (lambda r, n: ali_callback(r, n, replace("total_amount", "-10.00")),
-                        "malformed", "total_amount '-10.00' is not a yuan amount"),
+                        "malformed", "total_amount '-10.00' is negative"),
     "amount with sub-fen digits": (
         lambda r, n: ali_callback(r, n, replace("total_amount", "10.001")),
         "malformed", "is not a yuan amount"),

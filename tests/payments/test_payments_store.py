@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 import pytest
 
@@ -18,6 +19,7 @@ from adapters.payments.model import (
 )
 from adapters.payments.money import (
     AmountError,
+    NegativeAmount,
     fen_to_yuan,
     format_yuan,
     mask_card,
@@ -59,6 +61,33 @@ def test_amounts_convert_exactly_and_refuse_floats() -> None:
         parse_fen("12.30")
     assert mask_card("6216261000000000018") == "621626*********0018"
     assert mask_card("1234") == "****"
+
+
+@pytest.mark.parametrize("text", ["²", "１２", "١٢", "1_000", "+12", " ", "0x10"])
+def test_amounts_are_ascii_digits_only(text: str) -> None:
+    # int() and Decimal() read several of these; an amount from a gateway must not.
+    with pytest.raises(AmountError):
+        parse_fen(text)
+    with pytest.raises(AmountError):
+        yuan_to_fen(text)
+
+
+def test_negative_amounts_only_where_the_caller_allows_them() -> None:
+    for parse in (lambda v, **k: yuan_to_fen(v, **k), lambda v, **k: parse_fen(v, **k)):
+        with pytest.raises(NegativeAmount, match="a negative amount"):
+            parse("-10")
+        assert parse("-10", negative=True) in (-1000, -10)
+    with pytest.raises(NegativeAmount):
+        parse_fen(-1)
+    with pytest.raises(NegativeAmount):
+        yuan_to_fen(Decimal("-0.01"))
+    assert yuan_to_fen("0") == parse_fen("0") == 0
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1E+999999", "-1E+999999", "1E+13"])
+def test_decimals_that_are_no_amount_are_refused(value: str) -> None:
+    with pytest.raises(AmountError, match="not a yuan amount"):
+        yuan_to_fen(Decimal(value))
 
 
 def test_state_machine() -> None:

@@ -132,6 +132,8 @@ GOOD_REFUND = {"refund_id": "50000000", "status": "SUCCESS", "amount": {"refund"
      r"WeChat Pay answer's amount\.refund is not a whole number of fen \(float\)"),
     (js({**GOOD_REFUND, "amount": {"refund": True}}),
      r"WeChat Pay answer's amount\.refund is not a whole number of fen \(bool\)"),
+    (js({**GOOD_REFUND, "amount": {"refund": -400}}),
+     r"WeChat Pay answer's amount\.refund is negative"),
     (js(GOOD_REFUND, headers={"Wechatpay-Signature": None}),
      r"answer signature not verified \(unsigned\)"),
     (js(GOOD_REFUND, headers={"Wechatpay-Serial": None}),
