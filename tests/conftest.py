@@ -13,6 +13,7 @@ import pytest
 
 from engine.config import Config, parse_config
 from engine.runtime import Engine
+from simulators.fhir import FhirServer
 from simulators.his import HisReceiver
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +56,15 @@ async def receiver() -> AsyncIterator[HisReceiver]:
     await r.start()
     yield r
     await r.stop()
+
+
+@pytest.fixture
+async def fhir() -> AsyncIterator[FhirServer]:
+    """The FHIR server simulator, storing what it is sent until told to fail."""
+    server = FhirServer()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture

@@ -48,14 +48,6 @@ def envelope(n: int, doc: dict[str, Any]) -> Envelope:
 
 
 @pytest.fixture
-async def fhir() -> AsyncIterator[FhirServer]:
-    server = FhirServer()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def grouped(fhir: FhirServer) -> AsyncIterator[FhirDestination]:
     config = FhirDestinationConfig(
         type="fhir", name="fhir", base_url=fhir.url, concurrency=16, transaction_group=16,

@@ -52,14 +52,6 @@ async def peer() -> Peer:
     await p.stop()
 
 
-@pytest.fixture
-async def fhir() -> FhirServer:
-    server = FhirServer()
-    await server.start()
-    yield server  # type: ignore[misc]
-    await server.stop()
-
-
 def http_channel(dest: str, *, token: str = "", extra: str = "") -> str:
     tok = f', token = "{token}"' if token else ""
     source = 'type = "http", listen = "127.0.0.1:0", path = "/in", max_body_bytes = 4096'
