@@ -14,10 +14,17 @@ import csv
 import io
 import re
 import zipfile
-import zlib
+from collections.abc import Iterator
 from decimal import Decimal
 
-from adapters.payments.bills import Bill, BillError, BillLine, BillTotals, decimal_of
+from adapters.payments.bills import (
+    ZIP_ERRORS,
+    Bill,
+    BillError,
+    BillLine,
+    BillTotals,
+    decimal_of,
+)
 
 DETAIL_COLUMNS = (
     "支付宝交易号", "商户订单号", "业务类型", "商品名称", "创建时间", "完成时间",
@@ -28,11 +35,6 @@ DETAIL_COLUMNS = (
 )
 _TOTAL = re.compile(r"^#(交易|退款)合计：([0-9]{1,9})笔，商家实收：(-?[0-9.]{1,20})元")
 MAX_UNZIPPED = 64 * 1024 * 1024
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
-               ValueError, OSError)
-"""What zipfile raises for a damaged archive (bad CRC or header, truncated or undecodable
-data, a name that is not UTF-8, an offset before the start) or one it cannot open (encrypted,
-an unknown compression method)."""
 
 
 def _entry_name(info: zipfile.ZipInfo) -> str:
@@ -49,7 +51,7 @@ def parse_bill_zip(data: bytes) -> Bill:
     """Find the detail CSV in the zip and parse it (``BillError`` when anything is off)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except _ZIP_ERRORS:
+    except ZIP_ERRORS:
         raise BillError("Alipay bill is not a zip file") from None
     with archive:
         details = [i for i in archive.infolist()
@@ -62,7 +64,7 @@ def parse_bill_zip(data: bytes) -> Bill:
         try:
             with archive.open(info) as handle:
                 raw = handle.read(MAX_UNZIPPED + 1)
-        except _ZIP_ERRORS as exc:
+        except ZIP_ERRORS as exc:
             raise BillError(f"Alipay bill detail file cannot be unzipped: {exc}") from None
     if len(raw) > MAX_UNZIPPED:
         raise BillError("Alipay bill detail file is too large")
@@ -73,16 +75,20 @@ def parse_bill_zip(data: bytes) -> Bill:
     return parse_detail_csv(text)
 
 
+def _csv_rows(text: str) -> Iterator[list[str]]:
+    """The rows one at a time (a bill can hold a day's trades), errors as ``BillError``."""
+    try:
+        yield from csv.reader(io.StringIO(text))
+    except csv.Error as exc:  # a field beyond the csv module's limit, a broken quote
+        raise BillError(f"Alipay bill detail file is not readable CSV: {exc}") from None
+
+
 def parse_detail_csv(text: str) -> Bill:
     lines: list[BillLine] = []
     stated: dict[str, tuple[int, Decimal]] = {}
     header_seen = False
     index: dict[str, int] = {}
-    try:
-        rows = list(csv.reader(io.StringIO(text)))
-    except csv.Error as exc:  # a field beyond the csv module's limit, a broken quote
-        raise BillError(f"Alipay bill detail file is not readable CSV: {exc}") from None
-    for number, row in enumerate(rows, start=1):
+    for number, row in enumerate(_csv_rows(text), start=1):
         if not row:
             continue
         first = row[0].strip()

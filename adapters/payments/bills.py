@@ -6,6 +6,8 @@ Bill amounts stay in ``Decimal`` yuan: fees carry more than two decimals (WeChat
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -14,6 +16,13 @@ from engine.errors import PermanentError
 
 class BillError(PermanentError):
     """A bill that cannot be trusted: bad hash, unreadable, or totals that do not add up."""
+
+
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
+              ValueError, OSError)
+"""What zipfile raises for a damaged archive (bad CRC or header, truncated or undecodable
+data, a name that is not UTF-8, an offset before the start) or one it cannot open (encrypted,
+an unknown compression method). Gateways deliver their bills zipped."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,17 +17,11 @@ from __future__ import annotations
 
 import io
 import zipfile
-import zlib
 
-from adapters.payments.bills import Bill, BillError, BillLine, BillTotals
+from adapters.payments.bills import ZIP_ERRORS, Bill, BillError, BillLine, BillTotals
 from adapters.payments.money import AmountError, fen_to_yuan, parse_fen
 
 MAX_FILE = 64 * 1024 * 1024
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
-               ValueError, OSError)
-"""What zipfile raises for a damaged archive (bad CRC or header, truncated or undecodable
-data, a name that is not UTF-8, an offset before the start) or one it cannot open (encrypted,
-an unknown compression method)."""
 
 
 def parse_bill_file(archive: bytes) -> Bill:
@@ -38,7 +32,7 @@ def parse_bill_file(archive: bytes) -> Bill:
             if len(members) != 1 or members[0].file_size > MAX_FILE:
                 raise BillError("UnionPay settlement zip lacks its (single) INN file")
             data = zf.read(members[0])
-    except _ZIP_ERRORS as exc:
+    except ZIP_ERRORS as exc:
         raise BillError(f"UnionPay settlement file is not a readable zip: {exc}") from None
     try:
         text = data.decode("utf-8")
