@@ -92,6 +92,11 @@ def sign_response(key: rsa.RSAPrivateKey, timestamp: str, nonce: str, body: byte
     return sign_sha256(key, signed_message(timestamp, nonce, body))
 
 
+SIGNED_HEADERS = ("Wechatpay-Timestamp", "Wechatpay-Nonce", "Wechatpay-Signature",
+                  "Wechatpay-Serial")
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]{1,1024}")
+
+
 @dataclass(frozen=True, slots=True)
 class SignedHeaders:
     timestamp: str
@@ -102,12 +107,23 @@ class SignedHeaders:
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> SignedHeaders | None:
         """The four Wechatpay-* headers, or None when any is missing."""
-        values = [headers.get(f"Wechatpay-{n}") for n in ("Timestamp", "Nonce", "Signature",
-                                                          "Serial")]
+        values = [headers.get(name) for name in SIGNED_HEADERS]
         if any(v is None or v == "" for v in values):
             return None
         ts, nonce, sig, serial = (str(v) for v in values)
         return cls(ts, nonce, sig, serial)
+
+    def unprintable(self) -> str | None:
+        """The first header whose value is not printable ASCII (1-1024 characters), or None.
+
+        The signed text is built from them as ASCII, and a timestamp in other digits would
+        still parse as one.
+        """
+        values = (self.timestamp, self.nonce, self.signature, self.serial)
+        for name, value in zip(SIGNED_HEADERS, values, strict=True):
+            if not _HEADER_VALUE.fullmatch(value):
+                return name
+        return None
 
 
 class PlatformKeys:

@@ -112,27 +112,23 @@ class WechatPayNotifyVerifier:
         return NotifyAnswer(status, body, "application/json")
 
 
-_SIGNED = ("Timestamp", "Nonce", "Signature", "Serial")
-_HEADER_VALUE = re.compile(r"[\x21-\x7e]{1,1024}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 def _signed_headers(headers: Mapping[str, str]) -> crypto.SignedHeaders:
     """The four Wechatpay-* headers, each present and printable ASCII, or a refusal naming
     the header (the signed text is built from them as ASCII)."""
-    values = []
-    for name in _SIGNED:
-        header = f"Wechatpay-{name}"
-        value = headers.get(header)
-        if not value:
-            raise CallbackRejected("missing_signature", f"header {header} is missing")
-        if not _HEADER_VALUE.fullmatch(value):
-            raise CallbackRejected("malformed", f"header {header} is not printable ASCII")
-        values.append(value)
-    if not _TIMESTAMP.fullmatch(values[0]):
+    signed = crypto.SignedHeaders.from_headers(headers)
+    if signed is None:
+        header = next(h for h in crypto.SIGNED_HEADERS if not headers.get(h))
+        raise CallbackRejected("missing_signature", f"header {header} is missing")
+    unprintable = signed.unprintable()
+    if unprintable:
+        raise CallbackRejected("malformed", f"header {unprintable} is not printable ASCII")
+    if not _TIMESTAMP.fullmatch(signed.timestamp):
         raise CallbackRejected("malformed", "header Wechatpay-Timestamp is not a number of "
                                "seconds")
-    return crypto.SignedHeaders(*values)
+    return signed
 
 
 def _refusal_detail(refusal: str, signed: crypto.SignedHeaders) -> str:
