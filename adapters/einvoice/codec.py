@@ -4,7 +4,8 @@ The platform expects amounts as JSON numbers (``"totalAmt": 180.50``). Neither `
 ``orjson`` writes a ``Decimal`` as a number, and going through ``float`` is exactly what the
 project forbids for money, so this module writes JSON itself: strings and keys through
 ``json.dumps`` (correct escaping, UTF-8 kept as is), decimals with their own digits.
-Reading uses ``parse_float=Decimal`` so ``180.50`` comes back as ``Decimal("180.50")``.
+Reading is ``adapters.exact_json.decode_json``: ``180.50`` comes back as
+``Decimal("180.50")``.
 """
 
 from __future__ import annotations
@@ -64,34 +65,3 @@ def _encode(value: Any, out: list[str]) -> None:
         out.append("]")
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as JSON")
-
-
-def decode_json(data: bytes | str) -> Any:
-    """Parse JSON text keeping every non-integer number as an exact ``Decimal``.
-
-    Raises:
-        ValueError: the text is not valid JSON (``json.JSONDecodeError`` is a ValueError),
-            is nested deeper than the parser can recurse, or holds a number far outside
-            anything the platform deals in.
-    """
-    try:
-        return json.loads(data, parse_float=_decimal, parse_constant=_refuse_constant)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-_MAX_EXPONENT = 64
-
-
-def _decimal(text: str) -> Decimal:
-    # ``1e999999999`` is eleven bytes of valid JSON, but written back without an exponent
-    # (``encode_json``) it is a gigabyte of zeros. No amount, price or quantity comes near.
-    value = Decimal(text)
-    if abs(value.adjusted()) > _MAX_EXPONENT:
-        raise ValueError(f"number out of range: {text[:20]}")
-    return value
-
-
-def _refuse_constant(name: str) -> Any:
-    # json accepts NaN and Infinity by default; they are not JSON and never an amount.
-    raise ValueError(f"{name} is not valid JSON")

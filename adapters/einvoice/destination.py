@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Literal, get_args
 
 from adapters.einvoice.client import EinvoiceClient
-from adapters.einvoice.codec import decode_json, encode_json
+from adapters.einvoice.codec import encode_json
 from adapters.einvoice.config import ISSUE_KINDS, EinvoicePlatformSettings, OperationKind
 from adapters.einvoice.models import (
     IssueRequest,
@@ -30,6 +30,7 @@ from adapters.einvoice.models import (
     WriteOffRequest,
     parse_model,
 )
+from adapters.exact_json import decode_json
 from engine.contracts import Result
 from engine.errors import PermanentError
 from engine.settings import DestinationSettings

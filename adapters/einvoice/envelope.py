@@ -35,7 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from adapters.einvoice.codec import decode_json, encode_json
+from adapters.einvoice.codec import encode_json
+from adapters.exact_json import decode_json
 
 SUCCESS = "S0000"
 """The ``result`` of a successful call."""

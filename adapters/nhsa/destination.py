@@ -33,6 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from adapters.exact_json import decode_json
 from adapters.nhsa.client import (
     MalformedAnswer,
     NhsaClient,
@@ -42,7 +43,7 @@ from adapters.nhsa.client import (
     Unanswered,
     describe_validation,
 )
-from adapters.nhsa.envelope import decode_json, encode_json
+from adapters.nhsa.envelope import encode_json
 from adapters.nhsa.indoubt import Resolution, Resolver
 from adapters.nhsa.ledger import Ledger, Pending
 from adapters.nhsa.transactions import Kind, lookup

@@ -10,7 +10,6 @@ It is decoded with decimals as ``Decimal`` (never float) and re-encoded the same
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from adapters.exact_json import decode_json
 from engine.errors import PermanentError
 
 
@@ -72,27 +72,15 @@ def encode_request(fields: dict[str, str], input_json: bytes) -> bytes:
 
 
 def _decimal(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return orjson.Fragment(str(value))
-    raise TypeError(f"cannot encode {type(value).__name__}")
+    if isinstance(value, Decimal) and value.is_finite():
+        # Fixed-point digits: str() would write 1E+2, or NaN, which is no JSON.
+        return orjson.Fragment(format(value, "f"))
+    raise TypeError(f"cannot encode {type(value).__name__} {str(value)[:20]}")
 
 
 def encode_json(value: Any) -> bytes:
     """JSON bytes with ``Decimal`` written as a JSON number with its exact digits."""
     return orjson.dumps(value, default=_decimal)
-
-
-def decode_json(raw: bytes | str) -> Any:
-    """Decode JSON keeping every non-integer number as ``Decimal``.
-
-    Raises:
-        ValueError: not JSON, including nesting too deep for the parser's recursion (a
-            hostile ``[[[[...`` must be a bad answer like any other, not a crash).
-    """
-    try:
-        return json.loads(raw, parse_float=Decimal)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
 
 
 @dataclass(frozen=True, slots=True)

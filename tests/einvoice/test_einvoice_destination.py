@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 
 from adapters.einvoice import OPERATION_HEADER, EinvoiceDestinationConfig
-from adapters.einvoice.codec import decode_json, encode_json
+from adapters.einvoice.codec import encode_json
+from adapters.exact_json import decode_json
 from engine.config import parse_config
 from engine.errors import ConfigError, InDoubtError, PermanentError
 from engine.outcome import Action, decide

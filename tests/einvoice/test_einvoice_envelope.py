@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from adapters.einvoice.codec import decode_json, encode_json
+from adapters.einvoice.codec import encode_json
 from adapters.einvoice.envelope import (
     ResponseInvalid,
     open_answer,
@@ -18,6 +18,7 @@ from adapters.einvoice.envelope import (
     response_signature,
     seal,
 )
+from adapters.exact_json import decode_json
 
 KEY = "test-key-0123456789"
 

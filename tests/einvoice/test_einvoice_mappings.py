@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from adapters.einvoice import AmountsInconsistent, EinvoiceDestinationConfig, IssueRequest
-from adapters.einvoice.codec import decode_json
+from adapters.exact_json import decode_json
 from engine.contracts import Payload
 from engine.mapping import load_mapping
 from engine.mapping.fixtures import run_all

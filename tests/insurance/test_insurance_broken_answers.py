@@ -70,7 +70,7 @@ def _person(key: str = "m-1") -> Envelope:
     (Reply('{"infcode": 0, "err_msg": "成功"}'.encode("gbk")), MalformedAnswer,
      r"1101 answer is not JSON"),
     (Reply(b"[" * 100_000 + b"]" * 100_000), MalformedAnswer,
-     r"1101 answer is not JSON \(nested too deeply\)"),
+     r"1101 answer is not JSON \(JSON nested too deeply\)"),
     (Reply(b'["infcode", 0]'), MalformedAnswer, r"1101 answer is not a JSON object"),
     (Reply(b'"infcode=0"'), MalformedAnswer, r"1101 answer is not a JSON object"),
     (Reply(b"null"), MalformedAnswer, r"1101 answer is not a JSON object"),
@@ -93,7 +93,10 @@ def _person(key: str = "m-1") -> Envelope:
      r"invalid output: output\.insuinfo: Input should be a valid list"),
     (Reply(b'{"infcode": 0, "output": {"baseinfo": {"psn_no": "4403"}, "insuinfo": [{"balc":'
            b' NaN, "insutype": "310", "insuplc_admdvs": "440300"}]}}'), MalformedAnswer,
-     r"invalid output: output\.insuinfo\.0\.balc: "),
+     r"1101 answer is not JSON \(NaN is not valid JSON\)"),
+    (Reply(b'{"infcode": 0, "output": {"baseinfo": {"psn_no": "4403"}, "insuinfo": [{"balc":'
+           b' 1e999999999, "insutype": "310", "insuplc_admdvs": "440300"}]}}'), MalformedAnswer,
+     r"1101 answer is not JSON \(number out of range: 1e999999999\)"),
     (Reply(_ok({**GOOD_PERSON, "insuinfo": [{**GOOD_PERSON["insuinfo"][0], "balc": "1,00"}]})),
      MalformedAnswer, r"output\.insuinfo\.0\.balc: .*got '1,00'"),
     (Reply(b'{"infcode": -1, "err_msg": null}'), Refused,
