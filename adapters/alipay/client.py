@@ -13,10 +13,8 @@ a ``PermanentError`` naming the method and the field otherwise.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,7 +25,7 @@ from adapters.alipay.bill import parse_bill_zip
 from adapters.alipay.settings import AlipaySettings
 from adapters.payments.account import GatewaySession
 from adapters.payments.bills import Bill
-from adapters.payments.errors import GatewayRejected
+from adapters.payments.errors import GatewayRejected, in_doubt
 from adapters.payments.model import (
     Created,
     EventKind,
@@ -97,7 +95,7 @@ class AlipayClient:
         data = await self._call(method, biz, money=True, notify=True, accept=("10000", "10003"))
         if data["code"] == "10003":  # the payer is confirming on the phone: result to come
             return Created(gateway_trade_no=str(data.get("trade_no") or ""))
-        with _in_doubt("the payment may have been taken"):
+        with in_doubt("the payment may have been taken"):
             trade_no = _text(data, "trade_no", method)
             amount = _fen(data, "total_amount", method)
         paid = PaymentEvent(self.name, EventKind.PAYMENT, request.out_trade_no, amount,
@@ -140,7 +138,7 @@ class AlipayClient:
         method = "alipay.trade.refund"
         data = await self._call(method, {k: v for k, v in biz.items() if v is not None},
                                 money=True)
-        with _in_doubt("the refund may have been made"):
+        with in_doubt("the refund may have been made"):
             refunded_total = _fen(data, "refund_fee", method)
         if refunded_total < request.amount_fen:
             raise PermanentError(f"{method}: Alipay answer states less than this refund")
@@ -264,16 +262,6 @@ def _object(text: str, method: str, doubt: type[TransientError]) -> dict[str, An
     if not isinstance(data, dict):  # pragma: no cover - extract_signed_response checks it
         raise doubt(f"{method}: answer is not a JSON object")
     return data
-
-
-@contextlib.contextmanager
-def _in_doubt(why: str) -> Iterator[None]:
-    """A success of a money call whose figures cannot be read: Alipay acted, so it is in
-    doubt (the service queries), not a refusal."""
-    try:
-        yield
-    except PermanentError as exc:
-        raise InDoubtError(f"{exc}; {why}, query before any retry") from None
 
 
 def _text(data: dict[str, Any], name: str, method: str) -> str:

@@ -31,7 +31,7 @@ import orjson
 from adapters.mobilepay import crypto
 from adapters.mobilepay.settings import MobilePaySettings
 from adapters.payments.account import GatewaySession
-from adapters.payments.errors import GatewayRejected
+from adapters.payments.errors import GatewayRejected, in_doubt
 from adapters.payments.model import (
     Created,
     Order,
@@ -121,11 +121,8 @@ class MobilePayClient:
                 "payToken": order.extra["pay_token"], "payAuthNo": auth,
                 "orgCodg": self.settings.org_code, "medOrgOrd": order.out_trade_no}
         out = await self._call("6202", data, what="6202 pay", money=True)
-        try:
+        with in_doubt("the payment may have been taken"):
             return _trade(out, "6202 pay")
-        except PermanentError as exc:
-            raise InDoubtError(f"{exc}; the payment may have been taken, query before any"
-                               " retry") from None
 
     async def query(self, order: Order) -> TradeAnswer | None:
         try:
@@ -155,11 +152,8 @@ class MobilePayClient:
                 "refdType": "ALL" if request.amount_fen == request.order.amount_fen else "PART",
                 "expContent": request.reason[:100]}
         out = await self._call("6203", data, what="6203 refund", money=True)
-        try:
+        with in_doubt("the refund may have been made"):
             return _refund(out, "6203 refund")
-        except PermanentError as exc:
-            raise InDoubtError(f"{exc}; the refund may have been made, query before any retry"
-                               ) from None
 
     async def query_refund(self, request: RefundRequest) -> RefundAnswer | None:
         try:

@@ -16,7 +16,10 @@
 
 from __future__ import annotations
 
-from engine.errors import PermanentError
+import contextlib
+from collections.abc import Iterator
+
+from engine.errors import InDoubtError, PermanentError
 
 
 class GatewayRejected(PermanentError):
@@ -58,3 +61,17 @@ class CallbackRejected(Exception):
         self.reason = reason
         self.detail = detail
         self.out_trade_no = out_trade_no
+
+
+@contextlib.contextmanager
+def in_doubt(why: str) -> Iterator[None]:
+    """Read the figures of a money call's success: one that cannot be read is in doubt.
+
+    The gateway said it acted (the payment was taken, the refund made) but its answer does
+    not say with what: a ``PermanentError`` reading it becomes an ``InDoubtError`` saying
+    ``why``, so the service queries the gateway instead of recording a refusal.
+    """
+    try:
+        yield
+    except PermanentError as exc:
+        raise InDoubtError(f"{exc}; {why}, query before any retry") from None

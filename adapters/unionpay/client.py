@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from adapters.payments.account import GatewaySession
 from adapters.payments.bills import Bill, BillError
-from adapters.payments.errors import GatewayRejected
+from adapters.payments.errors import GatewayRejected, in_doubt
 from adapters.payments.model import (
     Created,
     Order,
@@ -136,11 +136,8 @@ class UnionPayClient:
         })
         answer = await self._post("/gateway/api/backTransReq.do", fields, what="refund",
                                   money=True)
-        try:
+        with in_doubt("the refund may have been made"):
             amount = _fen(answer, "refund")
-        except PermanentError as exc:
-            raise InDoubtError(f"{exc}; the refund may have been made, query before any retry"
-                               ) from None
         return RefundAnswer(RefundState.PROCESSING, amount,
                             gateway_refund_no=answer.get("queryId", ""))
 

@@ -22,7 +22,7 @@ import orjson
 
 from adapters.payments.account import GatewaySession
 from adapters.payments.bills import Bill, BillError
-from adapters.payments.errors import GatewayRejected
+from adapters.payments.errors import GatewayRejected, in_doubt
 from adapters.payments.model import (
     Created,
     Order,
@@ -146,11 +146,8 @@ class WechatPayClient:
         body = {k: v for k, v in body.items() if v is not None}
         data = await self._json("POST", "/v3/refund/domestic/refunds", body, what="refund",
                                 money=True)
-        try:
+        with in_doubt("the refund may have been made"):
             return _refund_answer(data, "refund")
-        except PermanentError as exc:
-            raise InDoubtError(f"{exc}; the refund may have been made, query before any retry"
-                               ) from None
 
     async def query_refund(self, request: RefundRequest) -> RefundAnswer | None:
         path = f"/v3/refund/domestic/refunds/{quote(request.out_refund_no, safe='')}"
