@@ -30,6 +30,8 @@ from typing import Any
 
 from gmssl import sm2, sm4
 
+from adapters.exact_json import decode_json
+
 _CURVE = sm2.default_ecc_table
 _N = int(_CURVE["n"], 16)
 _EXCLUDED = ("signData", "encData", "extra")
@@ -96,9 +98,15 @@ def decrypt_data(key: bytes, enc_data: str) -> dict[str, Any]:
         raise EnvelopeError("encData is not hex") from None
     plain = sm4_decrypt(key, raw)
     try:
-        data = json.loads(plain.decode("utf-8"), parse_float=Decimal)
-    except (UnicodeDecodeError, ValueError):
-        raise EnvelopeError("encData does not decrypt to JSON") from None
+        text = plain.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EnvelopeError("encData does not decrypt to UTF-8 text") from None
+    try:
+        # NaN, Infinity and nesting too deep for the parser are refused here, not later
+        # as a TypeError or RecursionError out of the signature check.
+        data = decode_json(text)
+    except ValueError as exc:
+        raise EnvelopeError(f"encData does not decrypt to JSON ({str(exc)[:80]})") from None
     if not isinstance(data, dict):
         raise EnvelopeError("encData is not a JSON object")
     return data
@@ -123,7 +131,7 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, int | Decimal):
         return str(value)
     if isinstance(value, float):
-        raise TypeError("amounts are never floats")
+        raise EnvelopeError("a signed field is a float (amounts and times never are)")
     if isinstance(value, Mapping):
         out = {}
         for k in sorted(value):
@@ -144,13 +152,16 @@ def sign_text(envelope: Mapping[str, Any], data: Mapping[str, Any], app_secret: 
     }
     fields["data"] = data
     parts = []
-    for k in sorted(fields):
-        v = fields[k]
-        if k == "data":
-            parts.append("data=" + json.dumps(_canonical(v), ensure_ascii=False,
-                                              separators=(",", ":")))
-        elif v != "":
-            parts.append(f"{k}={_canonical(v)}")
+    try:
+        for k in sorted(fields):
+            v = fields[k]
+            if k == "data":
+                parts.append("data=" + json.dumps(_canonical(v), ensure_ascii=False,
+                                                  separators=(",", ":")))
+            elif v != "":
+                parts.append(f"{k}={_canonical(v)}")
+    except RecursionError:
+        raise EnvelopeError("the signed fields are nested too deeply") from None
     parts.append(f"key={app_secret}")
     return "&".join(parts)
 

@@ -471,6 +471,12 @@ def mp_callback(rig: Rig[Any, Any], no: str, *,
     return post(rig, body, {"Content-Type": "application/json"})
 
 
+def mp_encrypted(rig: Rig[Any, Any], plaintext: bytes) -> str:
+    """``plaintext`` as encData under the app's key (what only the platform can send)."""
+    key = sm.derive_sm4_key(rig.sim.app_id, rig.sim.app_secret)
+    return sm.sm4_encrypt(key, plaintext).hex().upper()
+
+
 def mp_set(**values: Any) -> Callable[[dict[str, Any]], None]:
     return lambda data: data.update(values)
 
@@ -500,6 +506,15 @@ MOBILEPAY: dict[str, AlipayCase] = {
                         "undecryptable", "encData is not hex"),
     "encData not whole blocks": (lambda r, n: mp_callback(r, n, envelope=mp_env(
         encData="00" * 7)), "undecryptable", "not a whole number of blocks"),
+    "encData holding NaN": (lambda r, n: mp_callback(r, n, envelope=mp_env(
+        encData=mp_encrypted(r, b'{"feeSumamt": NaN}'))),
+        "undecryptable", "encData does not decrypt to JSON (NaN is not valid JSON)"),
+    "encData nested too deep": (lambda r, n: mp_callback(r, n, envelope=mp_env(
+        encData=mp_encrypted(r, b"[" * 3000 + b"]" * 3000))),
+        "undecryptable", "encData does not decrypt to JSON (JSON nested too deeply)"),
+    "encData nested just within the parser": (lambda r, n: mp_callback(r, n, envelope=mp_env(
+        encData=mp_encrypted(r, b'{"x":' + b"[" * 980 + b"]" * 980 + b"}"))),
+        "undecryptable", "nested too deeply"),
     "body not JSON": (lambda r, n: post(r, b"appId=x", {"Content-Type": "application/json"}),
                       "malformed", "notification is not JSON"),
     "body not UTF-8": (lambda r, n: post(r, b'{"appId": "\xff"}',
