@@ -12,7 +12,7 @@ import re
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from adapters.fhir_transactions import TransactionGrouper, answer_entries, with_locations
 from adapters.http import DEFAULT_MAX_ANSWER_BYTES, HttpSender, OutcomeName
@@ -39,6 +39,15 @@ class FhirDestinationConfig(DestinationSettings):
     transaction_group: int = Field(default=1, ge=1, le=200)
     #: Grouped requests start at most once per this many seconds, unless a group is full.
     transaction_interval: float = Field(default=0.002, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _grouping_needs_concurrency(self) -> FhirDestinationConfig:
+        # An ordered destination has one delivery in flight: there is nothing to group, and
+        # a setting that silently does nothing misleads whoever reads the file.
+        if self.ordered and self.transaction_group > 1:
+            raise ValueError("transaction_group needs concurrent deliveries; an ordered "
+                             "destination sends one message per request")
+        return self
 
     def build(self, channel: str) -> FhirDestination:
         return FhirDestination(self)
@@ -117,7 +126,6 @@ class FhirDestination:
         if rtype == "Bundle":
             detail = with_locations(detail, answer_entries(body) or [])
         return Result(detail=detail, response=body or None, content_type="fhir+json")
-
 
     async def _post_merged(
         self, body: bytes, message_ids: list[str]

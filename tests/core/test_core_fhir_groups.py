@@ -19,7 +19,7 @@ import pytest
 
 from adapters.fhir import FhirDestination, FhirDestinationConfig
 from adapters.fhir_transactions import resource_names
-from engine.errors import PermanentError, TransientError
+from engine.errors import ConfigError, PermanentError, TransientError
 from engine.runtime import Engine
 from queues.contract import Envelope
 from simulators.fhir import FhirServer
@@ -220,3 +220,18 @@ async def test_nothing_overtakes_an_earlier_write_to_its_resource(fhir: FhirServ
     assert order.index("msg-000") < order.index("msg-002")  # same patient
     assert order.index("msg-001") < order.index("msg-003")  # same visit
     assert fhir.requests["POST"] >= 2
+
+
+def test_grouping_an_ordered_destination_is_refused_by_check(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"transaction_group needs concurrent deliveries"):
+        engine_config(tmp_path, """
+            [[channels]]
+            name = "api"
+            source = { type = "http", listen = "127.0.0.1:0", path = "/in" }
+            [[channels.destinations]]
+            name = "fhir"
+            type = "fhir"
+            base_url = "http://127.0.0.1:1/fhir"
+            ordered = true
+            transaction_group = 16
+        """)
